@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## the main job on the built-in data: the Table 5 collaboration
+	$(BIN)/veil run scenarios/collab-10-1.yaml
+	$(BIN)/python bench/paper_shape.py --run latest
+
+smoke: $(STAMP)
+	$(BIN)/veil run scenarios/smoke.yaml
+
+test: $(STAMP)  ## the default test tier (under 15 minutes on 2 cores)
+	$(BIN)/ruff check simulator entities reports tests bench
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+.PHONY: install demo smoke test test-slow
