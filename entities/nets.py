@@ -1,0 +1,125 @@
+"""The nets of the Deep Poisoning pipeline: featurizer F, decider C, reconstructor R and DPM P.
+
+A torchvision ResNet is split after a named stage (the ResNet paper's names: conv2_x is
+torchvision's `layer1`) into F (stem up to and including that stage) and C (the rest).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchvision
+from torch import nn
+
+BACKBONES = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+    "resnet101": torchvision.models.resnet101,
+}
+# stage name -> (torchvision layer, spatial downsampling of the input at that point)
+SPLITS = {"conv2_x": ("layer1", 4), "conv3_x": ("layer2", 8), "conv4_x": ("layer3", 16)}
+_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def build_classifier(backbone: str, split: str, num_classes: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """A fresh (untrained) ResNet, split into featurizer F and decider C."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; available: {', '.join(BACKBONES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+    net = BACKBONES[backbone](weights=None, num_classes=num_classes)
+    cut = _LAYERS.index(SPLITS[split][0]) + 1
+    featurizer = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *(getattr(net, n) for n in _LAYERS[:cut]))
+    decider = nn.Sequential(*(getattr(net, n) for n in _LAYERS[cut:]), net.avgpool, nn.Flatten(1), net.fc)
+    return featurizer, decider
+
+
+def feature_shape(featurizer: nn.Module, image_size: int) -> tuple[int, int, int]:
+    with torch.no_grad():
+        was_training = featurizer.training
+        featurizer.eval()
+        shape = featurizer(torch.zeros(1, 3, image_size, image_size)).shape[1:]
+        featurizer.train(was_training)
+    return (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+class InverseBottleneck(nn.Module):
+    """CONV-BN-CONV-BN-CONV-ReLU, the paper's building block of R."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.Conv2d(width, channels, 1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Reconstructor(nn.Module):
+    """R: inverts F. Blocks before each x2 upscale, then CONV-BN-ReLU-CONV to an image in [0, 1]."""
+
+    def __init__(self, in_channels: int, upscales: int, *, width: int, blocks_per_upscale: int, output: str):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(upscales):
+            layers += [InverseBottleneck(in_channels, width) for _ in range(blocks_per_upscale)]
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        layers += [
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 3, 3, padding=1),
+        ]
+        self.body = nn.Sequential(*layers)
+        self.output = output
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        y = self.body(features)
+        if self.output == "clamp":
+            return y.clamp(0, 1)
+        # min-max normalisation per image, as in the paper's default reconstructor
+        lo = y.amin(dim=(1, 2, 3), keepdim=True)
+        hi = y.amax(dim=(1, 2, 3), keepdim=True)
+        return (y - lo) / (hi - lo + 1e-6)
+
+
+def build_reconstructor(
+    featurizer_channels: int, split: str, *, width: int, blocks_per_upscale: int, output: str
+) -> Reconstructor:
+    upscales = int(math.log2(SPLITS[split][1]))
+    return Reconstructor(
+        featurizer_channels, upscales, width=width, blocks_per_upscale=blocks_per_upscale, output=output
+    )
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        # start as the identity, so P(F(x)) = F(x) before poisoning begins
+        nn.init.zeros_(self.body[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ResNet features are post-ReLU; keep the poisoned ones in the same (non-negative) space
+        return torch.relu(x + self.body(x))
+
+
+class DPM(nn.Sequential):
+    """P: the Deep Poisoning Module, a private stack of residual blocks between F and C."""
+
+    def __init__(self, channels: int, *, blocks: int, width: int):
+        super().__init__(*(ResidualBlock(channels, width) for _ in range(blocks)))

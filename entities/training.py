@@ -1,0 +1,89 @@
+"""One training loop for every net Veil trains (classifiers, R, DPMs, deciders)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Recipe(Protocol):
+    """What a training section of the scenario provides (see simulator.schema.Training)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    optimizer: str
+
+
+def device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a torch generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over n samples, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def fit(
+    params: Iterable[nn.Parameter],
+    *,
+    recipe: Recipe,
+    n: int,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Minimise loss_fn over shuffled index batches of n samples for recipe.epochs epochs.
+
+    Cosine learning-rate decay; batches of one sample are skipped (BatchNorm needs two).
+    Returns the mean loss of each epoch.
+    """
+    params = [p for p in params if p.requires_grad]
+    if recipe.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True)
+    steps_per_epoch = max(1, sum(1 for _ in range(0, n, recipe.batch_size)))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+    generator = seed_everything(seed)
+    history = []
+    for epoch in range(recipe.epochs):
+        total, count = 0.0, 0
+        for index in batches(n, recipe.batch_size, generator):
+            if len(index) < 2:
+                schedule.step()
+                continue
+            loss = loss_fn(index)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            total += loss.item() * len(index)
+            count += len(index)
+        history.append(total / max(count, 1))
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+@torch.no_grad()
+def apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """fn over x in batches, without gradients; the result stays on fn's device, then moves to the CPU."""
+    return torch.cat([fn(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)]) if len(x) else x

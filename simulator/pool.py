@@ -1,0 +1,357 @@
+"""The common pool of poisoned features: shards that entities publish and any party reads.
+
+Layout of a pool directory::
+
+    manifest.json                 one entry per shard: name, owner, file, shape, dtype, labels,
+                                  sha256 and size of the shard file
+    .lock                         flock target that serialises manifest updates
+    <owner>--<name>.f16.npy       features, float16, written with numpy.save
+
+Several OS processes may publish at the same time. A shard is written to a temporary file in
+the pool directory, fsynced and moved into place with os.replace; the manifest is updated
+read-modify-write under an exclusive flock on ``.lock`` and itself replaced atomically, so no
+entry is ever lost. Readers take a shared lock only while they look up the entry and open the
+file; the digest is then computed on that open file and the very same file is memory-mapped,
+so the bytes handed out are the bytes that were verified.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+MANIFEST_VERSION = 1
+SUFFIX = ".f16.npy"
+_TMP_PREFIX = ".tmp-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CHUNK = 1 << 20
+_INT64_MAX = np.iinfo(np.int64).max
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+class PoolError(Exception):
+    """The pool is inconsistent: an entry is missing, a file is absent or does not match."""
+
+
+class CorruptShard(PoolError):
+    """A shard file's sha256 differs from the one recorded in the manifest."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One manifest entry; ``file`` is relative to the pool root."""
+
+    name: str
+    owner: str
+    file: str
+    shape: tuple[int, ...]
+    dtype: str
+    sha256: str
+    bytes: int
+    labels: tuple[int, ...] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as it is stored in manifest.json."""
+        return {
+            "name": self.name,
+            "owner": self.owner,
+            "file": self.file,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "labels": list(self.labels),
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+        }
+
+    @classmethod
+    def from_json(cls, entry: Any) -> ShardInfo:
+        """Parse one manifest entry; raises ValueError/TypeError/KeyError when malformed."""
+        if not isinstance(entry, dict):
+            raise TypeError(f"entry is {type(entry).__name__}, not an object")
+        shape = tuple(int(n) for n in entry["shape"])
+        labels = tuple(int(n) for n in entry["labels"])
+        info = cls(
+            name=str(entry["name"]),
+            owner=str(entry["owner"]),
+            file=str(entry["file"]),
+            shape=shape,
+            dtype=str(entry["dtype"]),
+            sha256=str(entry["sha256"]),
+            bytes=int(entry["bytes"]),
+            labels=labels,
+        )
+        _check_name("owner", info.owner)
+        _check_name("name", info.name)
+        if info.file != shard_file(info.owner, info.name):
+            raise ValueError(f"file {info.file!r} is not {shard_file(info.owner, info.name)!r}")
+        return info
+
+
+def shard_file(owner: str, name: str) -> str:
+    """The file name of the shard (owner, name): ``<owner>--<name>.f16.npy``."""
+    return f"{owner}--{name}{SUFFIX}"
+
+
+class Pool:
+    """A pool directory shared by all entities of a run."""
+
+    def __init__(self, root: Path) -> None:
+        """Open the pool at ``root``, creating the directory if it is missing."""
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.root / MANIFEST
+
+    def __repr__(self) -> str:
+        return f"Pool({str(self.root)!r})"
+
+    # --- writing ------------------------------------------------------------------------
+
+    def publish(self, *, owner: str, name: str, features: np.ndarray, labels: np.ndarray) -> ShardInfo:
+        """Store ``features`` (cast to float16) and ``labels`` as shard (owner, name).
+
+        Re-publishing an existing (owner, name) replaces it. Invalid arguments raise ValueError
+        before anything is written.
+        """
+        _check_name("owner", owner)
+        _check_name("name", name)
+        data = _as_features(features)
+        labs = _as_labels(labels, data.shape[0])
+        file = shard_file(owner, name)
+
+        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=SUFFIX, dir=self.root)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)
+                np.save(f, data, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            with open(tmp, "rb") as f:
+                digest, size = _digest(f)
+            info = ShardInfo(
+                name=name,
+                owner=owner,
+                file=file,
+                shape=tuple(int(n) for n in data.shape),
+                dtype=str(data.dtype),
+                sha256=digest,
+                bytes=size,
+                labels=labs,
+            )
+            with self._locked(exclusive=True):
+                entries = self._load()
+                for e in entries:
+                    if e.file == file and (e.owner, e.name) != (owner, name):
+                        raise ValueError(
+                            f"shard (owner {owner!r}, name {name!r}) would use file {file!r}, "
+                            f"which already holds (owner {e.owner!r}, name {e.name!r}); pick another name"
+                        )
+                os.replace(tmp, self.root / file)
+                _fsync_dir(self.root)
+                kept = [e for e in entries if (e.owner, e.name) != (owner, name)]
+                self._store([*kept, info])
+        finally:
+            tmp.unlink(missing_ok=True)
+        return info
+
+    # --- reading ------------------------------------------------------------------------
+
+    def shards(self, owner: str | None = None) -> list[ShardInfo]:
+        """The manifest entries (only ``owner``'s when given), sorted by (owner, name)."""
+        if owner is not None:
+            _check_name("owner", owner)
+        entries = self._load()
+        if owner is not None:
+            entries = [e for e in entries if e.owner == owner]
+        return sorted(entries, key=lambda e: (e.owner, e.name))
+
+    def read(self, owner: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Verify shard (owner, name) and return (memory-mapped float16 features, int64 labels)."""
+        _check_name("owner", owner)
+        _check_name("name", name)
+        f, info = self._open(owner, name)
+        with f:
+            offset = self._check(f, info)
+            features = np.memmap(f, dtype=np.float16, mode="r", shape=info.shape, offset=offset, order="C")
+        return features, np.asarray(info.labels, dtype=np.int64)
+
+    def verify(self) -> list[ShardInfo]:
+        """Check every shard's file, digest and shape; raise on the first bad one."""
+        checked = []
+        for entry in self.shards():
+            f, info = self._open(entry.owner, entry.name)
+            with f:
+                self._check(f, info)
+            checked.append(info)
+        return checked
+
+    # --- internals ----------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _load(self) -> list[ShardInfo]:
+        try:
+            text = self.manifest_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or not isinstance(doc.get("shards"), list):
+                raise ValueError('expected an object with a "shards" list')
+            if doc.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"version {doc.get('version')!r}, expected {MANIFEST_VERSION}")
+            entries = []
+            for i, raw in enumerate(doc["shards"]):
+                try:
+                    entries.append(ShardInfo.from_json(raw))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"shards[{i}]: {type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise PoolError(f"manifest {self.manifest_path} is malformed: {exc}") from exc
+        return entries
+
+    def _store(self, entries: list[ShardInfo]) -> None:
+        entries = sorted(entries, key=lambda e: (e.owner, e.name))
+        lines = ",\n".join("  " + json.dumps(e.to_json(), separators=(", ", ": ")) for e in entries)
+        body = f'{{"version": {MANIFEST_VERSION}, "shards": [\n{lines}\n]}}\n'
+        fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".json", dir=self.root)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                os.fchmod(f.fileno(), 0o644)
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.manifest_path)
+            _fsync_dir(self.root)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _open(self, owner: str, name: str) -> tuple[IO[bytes], ShardInfo]:
+        """Look up the entry and open its file under one shared lock, so the two agree."""
+        with self._locked(exclusive=False):
+            info = next((e for e in self._load() if (e.owner, e.name) == (owner, name)), None)
+            if info is None:
+                raise PoolError(f"no shard (owner {owner!r}, name {name!r}) in {self.manifest_path}")
+            path = self.root / info.file
+            try:
+                return open(path, "rb"), info
+            except FileNotFoundError:
+                raise PoolError(
+                    f"shard file {path} (owner {owner!r}, name {name!r}) is missing; "
+                    f"it is listed in {self.manifest_path}"
+                ) from None
+
+    def _check(self, f: IO[bytes], info: ShardInfo) -> int:
+        """Verify the open shard file against its entry; return the offset of its data."""
+        path = self.root / info.file
+        who = f"owner {info.owner!r}, name {info.name!r}"
+        actual, size = _digest(f)
+        if actual != info.sha256:
+            sizes = f" (file has {size} bytes, manifest says {info.bytes})" if size != info.bytes else ""
+            raise CorruptShard(
+                f"shard file {path} ({who}) is corrupt: expected sha256 {info.sha256}, got {actual}{sizes}"
+            )
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except ValueError as exc:
+            raise PoolError(f"shard file {path} ({who}) is not a readable .npy file: {exc}") from exc
+        offset = f.tell()
+        if tuple(shape) != info.shape:
+            raise PoolError(
+                f"shard file {path} ({who}) holds shape {tuple(shape)}, but the manifest says {info.shape}"
+            )
+        if dtype != np.dtype(np.float16) or info.dtype != "float16" or fortran:
+            order = "Fortran" if fortran else "C"
+            raise PoolError(
+                f"shard file {path} ({who}) holds {dtype} in {order} order; "
+                f"expected float16 in C order (manifest dtype {info.dtype!r})"
+            )
+        expected = offset + int(np.prod(info.shape, dtype=np.int64)) * 2
+        if size != expected:
+            raise PoolError(f"shard file {path} ({who}) has {size} bytes; its header implies {expected}")
+        if len(info.labels) != info.shape[0]:
+            raise PoolError(
+                f"manifest entry for {path} ({who}) has {len(info.labels)} labels for {info.shape[0]} rows"
+            )
+        return offset
+
+
+def _check_name(what: str, value: str) -> None:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a valid {what}: it must match {_NAME.pattern}")
+
+
+def _as_features(features: np.ndarray) -> np.ndarray:
+    arr = np.asarray(features)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"features must be a numeric (int or float) array, got dtype {arr.dtype}")
+    if arr.ndim < 2:
+        raise ValueError(f"features must have ndim >= 2, got shape {arr.shape}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float16)
+    overflow = np.isinf(out) & np.isfinite(arr)
+    if overflow.any():
+        raise ValueError(
+            f"{int(overflow.sum())} feature values exceed the float16 range (|x| > {_F16_MAX:g})"
+        )
+    return out
+
+
+def _as_labels(labels: np.ndarray, rows: int) -> tuple[int, ...]:
+    arr = np.asarray(labels)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] != rows:
+        raise ValueError(f"got {arr.shape[0]} labels for {rows} feature rows; the counts must be equal")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
+        raise ValueError("labels must fit in int64")
+    return tuple(arr.astype(np.int64).tolist())
+
+
+def _digest(f: IO[bytes]) -> tuple[str, int]:
+    """sha256 and size of an open file, read from the start in chunks."""
+    f.seek(0)
+    h = hashlib.sha256()
+    size = 0
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

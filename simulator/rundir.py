@@ -1,0 +1,179 @@
+"""The run directory: everything a run writes, and the only thing `veil report` reads.
+
+    runs/<scenario>-<timestamp>/
+        scenario.yaml          the resolved scenario
+        manifest.json          seed, library versions, hardware, per-stage status and wall times
+        results/<unit>.jsonl   flat records (table, row, label, entity, metric, value), one file per
+                               finished unit of work (a stage, or one row of the collaboration table)
+        audit.jsonl            every message: type, sender, receiver, record names, bytes
+        shared/                F, C, R as the server handed them out (public to every party)
+        pool/                  poisoned features + manifest (see simulator.pool)
+        parties/<name>/private/  what only that party may read
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from simulator.schema import Scenario, load_scenario
+
+RESULT_FIELDS = ("table", "row", "label", "entity", "metric", "value")
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that a crash leaves either the old or the new content, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("veil", "flwr", "ray", "torch", "torchvision", "numpy", "pandas", "pydantic", "scikit-image"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()}
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["cuda"] = None
+    return info
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # --- layout ---
+    @property
+    def scenario_path(self) -> Path:
+        return self.root / "scenario.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / "audit.jsonl"
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / "pool"
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.root / "shared"
+
+    def private_dir(self, party: str) -> Path:
+        return self.root / "parties" / party / "private"
+
+    # --- life cycle ---
+    @classmethod
+    def create(cls, scenario: Scenario, out: Path) -> RunDir:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        root = Path(out) / f"{scenario.name}-{stamp}"
+        n = 1
+        while root.exists():  # two runs in the same second get distinct directories
+            n += 1
+            root = Path(out) / f"{scenario.name}-{stamp}-{n}"
+        root.mkdir(parents=True)
+        run = cls(root)
+        write_atomic(run.scenario_path, scenario.resolved_yaml())
+        run._write_manifest(
+            {
+                "scenario": scenario.name,
+                "seed": scenario.seed,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": library_versions(),
+                "hardware": hardware(),
+                "stages": {},
+            }
+        )
+        return run
+
+    @classmethod
+    def open(cls, root: Path) -> RunDir:
+        run = cls(Path(root))
+        for path in (run.scenario_path, run.manifest_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing; {root} is not a Veil run directory")
+        return run
+
+    def scenario(self) -> Scenario:
+        return load_scenario(self.scenario_path)
+
+    # --- manifest and stages ---
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.manifest_path.read_text())
+        return data
+
+    def _write_manifest(self, data: dict[str, Any]) -> None:
+        write_atomic(self.manifest_path, json.dumps(data, indent=2) + "\n")
+
+    def stage_done(self, stage: str) -> bool:
+        return bool(self.manifest()["stages"].get(stage, {}).get("status") == "done")
+
+    def mark_stage(self, stage: str, *, status: str, wall_s: float, **extra: Any) -> None:
+        data = self.manifest()
+        entry = data["stages"].setdefault(stage, {})
+        entry.update(status=status, wall_s=round(wall_s, 3), at=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+        self._write_manifest(data)
+
+    # --- results ---
+    def write_results(self, unit: str, records: list[dict[str, Any]]) -> None:
+        """All records of one finished unit of work, in one atomic file."""
+        lines = []
+        for rec in records:
+            missing = [f for f in RESULT_FIELDS if f not in rec]
+            if missing:
+                raise ValueError(f"result record for {unit!r} lacks {missing}")
+            lines.append(json.dumps({f: rec[f] for f in RESULT_FIELDS}))
+        write_atomic(self.results_dir / f"{unit}.jsonl", "\n".join(lines) + "\n")
+
+    def has_results(self, unit: str) -> bool:
+        return (self.results_dir / f"{unit}.jsonl").is_file()
+
+    def results(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted(self.results_dir.glob("*.jsonl")):
+            out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return out
+
+    # --- audit ---
+    def audit(self, event: dict[str, Any]) -> None:
+        """Append one event; only the server process writes the audit log."""
+        with open(self.audit_path, "a") as fh:
+            fh.write(json.dumps(event) + "\n")
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,389 @@
+"""The scenario schema: what a researcher writes in YAML, validated before anything runs.
+
+This module imports no torch, so `veil validate` answers at once. Structural problems
+(types, ranges, unknown keys) and cross-references (a row naming an entity that does not
+exist) are all reported together, each with its YAML path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+STAGES = ("prepare", "pretrain", "poison", "refine")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+class PhotosDataset(Strict):
+    """Patches of the photographs scikit-image ships; class = source photo.
+
+    Task classes (D_p) and public classes (D_q) are disjoint photos; train and test patches
+    come from disjoint regions of each photo.
+    """
+
+    kind: Literal["photos"] = "photos"
+    patch: int = Field(32, ge=16, le=128, description="patch side in pixels")
+    task_classes: int = Field(12, description="photos that form the task set D_p")
+    public_classes: int = Field(6, ge=1, description="other photos that form the public set D_q")
+    train_per_class: int = Field(400, ge=1)
+    test_per_class: int = Field(100, ge=1)
+
+    @field_validator("task_classes")
+    @classmethod
+    def _top5_needs_five(cls, value: int) -> int:
+        if value < 5:
+            raise ValueError(f"got {value}; expected at least 5 (top-5 accuracy is reported)")
+        return value
+
+
+class ImageFolderDataset(Strict):
+    """A local copy of a folder dataset (ImageNet, CelebA): root/<split>/<class>/<image>."""
+
+    kind: Literal["image_folder"]
+    root: Path
+    image_size: int = Field(224, ge=16)
+    public_fraction: float = Field(0.5, gt=0, lt=1, description="share of classes that form D_q")
+
+
+Dataset = Annotated[PhotosDataset | ImageFolderDataset, Field(discriminator="kind")]
+
+
+# --- nets ---------------------------------------------------------------------------------
+
+
+class Backbone(Strict):
+    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
+    split: Literal["conv2_x", "conv3_x", "conv4_x"] = Field(
+        "conv2_x", description="last ResNet stage of the featurizer F (conv2_x = torchvision layer1)"
+    )
+
+
+class Training(Strict):
+    epochs: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+class Reconstructor(Strict):
+    """The paper's R: inverse bottleneck blocks before each x2 upscale, then an image head."""
+
+    blocks_per_upscale: int = Field(2, ge=1)
+    width: int = Field(64, ge=4, description="bottleneck width of the inverse blocks")
+    output: Literal["minmax", "clamp"] = "minmax"
+    training: Training
+
+
+class DPMShape(Strict):
+    blocks: int = Field(4, ge=1, description="residual blocks in the DPM (4 in the paper)")
+    width: int = Field(64, ge=4, description="hidden channels of each residual block")
+
+
+class DPMTraining(Training):
+    lam: float = Field(alias="lambda", gt=0, description="weight of SSIM(R(P(F(x))), x) in the loss")
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["sgd", "adam"] = "adam"
+
+
+# --- parties ------------------------------------------------------------------------------
+
+
+class Entity(Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    fraction: float = Field(gt=0, le=1, description="share of the D_p training set it holds")
+    dpm: DPMShape = DPMShape()
+    seed_offset: int = 0
+
+
+SOURCE_KINDS = ("own:raw", "own:features", "raw:all", "original:<entity>", "poisoned:<entity>")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ingredient of a table row's training data."""
+
+    kind: Literal["raw", "original", "poisoned"]
+    of: str  # an entity name, or "all" for the whole D_p training set (the centralised reference)
+
+    @classmethod
+    def parse(cls, text: str, owner: str) -> Source:
+        head, _, tail = text.partition(":")
+        if head == "own" and tail == "raw":
+            return cls("raw", owner)
+        if head == "own" and tail == "features":
+            return cls("original", owner)
+        if head == "raw" and tail == "all":
+            return cls("raw", "all")
+        if head in ("original", "poisoned") and tail:
+            return cls(head, tail)  # type: ignore[arg-type]
+        raise ValueError(f"{text!r} is not a data source; expected one of {', '.join(SOURCE_KINDS)}")
+
+
+def _check_source(text: str) -> str:
+    Source.parse(text, owner="self")
+    return text
+
+
+SourceText = Annotated[str, AfterValidator(_check_source)]  # checked item by item: errors name data[j]
+
+
+class Row(Strict):
+    """A row of the collaboration table: one entity trains on one mix of data.
+
+    A row of raw images trains F+C from scratch (rows 1-5 of the paper's Table 5); a row
+    of features refines the shared decider C on the mix (rows 6-12).
+    """
+
+    label: str
+    entity: str
+    data: list[SourceText] = Field(min_length=1)
+    inferred: bool = Field(False, description="the paper's label for this row was inferred")
+
+    def sources(self) -> list[Source]:
+        return [Source.parse(text, self.entity) for text in self.data]
+
+    @property
+    def trains_from_raw(self) -> bool:
+        return any(s.kind == "raw" for s in self.sources())
+
+
+class Resources(Strict):
+    num_cpus: float = Field(1.0, gt=0, description="CPU share of each simulated node")
+    num_gpus: float = Field(0.0, ge=0, le=1, description="GPU share of each node (0 on a CPU machine)")
+
+
+class Timeouts(Strict):
+    stage_seconds: float = Field(3600, gt=0, description="how long the server waits for a stage's replies")
+
+
+class Scenario(Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    dataset: Dataset = PhotosDataset()
+    backbone: Backbone = Backbone()
+    pretrain: Training
+    reconstructor: Reconstructor
+    leader: str | None = Field(None, description="entity that pre-trains F, C and R (default: the first)")
+    entities: list[Entity] = Field(min_length=1)
+    dpm: DPMTraining
+    refine: Training
+    collaboration: list[Row] = Field(default_factory=list)
+    resources: Resources = Resources()
+    timeouts: Timeouts = Timeouts()
+
+    @property
+    def leading_entity(self) -> str:
+        return self.leader or self.entities[0].name
+
+    def entity(self, name: str) -> Entity:
+        return next(e for e in self.entities if e.name == name)
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ScenarioError(Exception):
+    """Every problem with a scenario file, reported together."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+DATASETS: dict[str, type[BaseModel]] = {"photos": PhotosDataset, "image_folder": ImageFolderDataset}
+M = TypeVar("M", bound=BaseModel)
+
+
+def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`loc` without the union tag pydantic inserts after `dataset` (dataset.photos.patch)."""
+    if len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
+        return loc[:1] + loc[2:]
+    return loc
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at `loc` (a pydantic loc, tag included),
+    to suggest close field names."""
+    model: Any = Scenario
+    if len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
+        model, loc = DATASETS[loc[1]], loc[2:]
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        inner = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = inner
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _structural_problems(err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = _untagged(tuple(e["loc"]))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            key = str(e["loc"][-1])
+            model = _model_at(tuple(e["loc"][:-1]))
+            names = []
+            if model is not None:
+                names = [f.alias or n for n, f in model.model_fields.items()]
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            msg = f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            if names:
+                msg += f" (expected one of: {', '.join(sorted(names))})"
+        elif e["type"] == "literal_error":
+            msg = f"got {e.get('input')!r}; {msg.lower()}"
+        elif e["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            loc = (*loc, "kind")
+            got = f"got {e['ctx']['tag']!r}" if e["type"] == "union_tag_invalid" else "missing"
+            msg = f"{got}; expected one of: {', '.join(map(repr, DATASETS))}"
+        elif e["type"] == "value_error" and "error" in e.get("ctx", {}):
+            msg = str(e["ctx"]["error"])  # our own message, without pydantic's "Value error, " prefix
+        problems.append(Problem(_yaml_path(loc), msg))
+    return problems
+
+
+def _well_formed(model: type[M], items: Any) -> list[tuple[int, M]]:
+    """The items of a YAML list that are valid on their own, each with its index."""
+    out = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            out.append((i, model.model_validate(item)))
+        except ValidationError:
+            pass  # reported by the structural pass
+    return out
+
+
+def _semantic_problems(data: dict[str, Any]) -> list[Problem]:
+    """Cross-reference checks on a mapping of scenario fields.
+
+    They read the raw document, not a Scenario, so that they can run even where the
+    structural pass failed: each check looks only at the parts that are well-formed on their
+    own (a row that does not validate is not cross-checked), and checks that need every
+    entity's name are skipped while some entity has none.
+    """
+    problems = []
+    raw_entities = data.get("entities")
+    if not isinstance(raw_entities, list):
+        raw_entities = []
+    given = [(i, e.get("name")) for i, e in enumerate(raw_entities) if isinstance(e, dict)]
+    named = [(i, name) for i, name in given if isinstance(name, str)]
+    seen: set[str] = set()
+    for i, name in named:
+        if name in seen:
+            problems.append(Problem(f"entities[{i}].name", f"duplicate entity name {name!r}"))
+        seen.add(name)
+        if name == "all":
+            problems.append(Problem(f"entities[{i}].name", "'all' is reserved (raw:all means all of D_p)"))
+    names = [n for _, n in named] if raw_entities and len(named) == len(raw_entities) else None
+
+    entities = _well_formed(Entity, raw_entities)
+    total = sum(e.fraction for _, e in entities)  # valid fractions are > 0: a partial sum is a lower bound
+    if total > 1 + 1e-9:
+        at_least = "" if len(entities) == len(raw_entities) else "at least "
+        problems.append(Problem("entities", f"fractions add up to {at_least}{total:g}; expected at most 1"))
+
+    def unknown(path: str, name: str) -> Problem:
+        return Problem(path, f"{name!r} is not an entity; expected one of {names}")
+
+    leader = data.get("leader")
+    if isinstance(leader, str) and names is not None and leader not in names:
+        problems.append(unknown("leader", leader))
+
+    rows = _well_formed(Row, data.get("collaboration"))
+    for i, row in rows:
+        if names is not None and row.entity not in names:
+            problems.append(unknown(f"collaboration[{i}].entity", row.entity))
+            continue
+        sources = row.sources()
+        for j, src in enumerate(sources):
+            if names is not None and src.of != "all" and src.of not in names:
+                problems.append(unknown(f"collaboration[{i}].data[{j}]", src.of))
+        if len({src.kind == "raw" for src in sources}) > 1:
+            mixed = "mixes raw images with features; a row trains on one or the other"
+            problems.append(Problem(f"collaboration[{i}].data", mixed))
+    seen = set()
+    for i, row in rows:
+        if row.label in seen:
+            problems.append(Problem(f"collaboration[{i}].label", f"duplicate row label {row.label!r}"))
+        seen.add(row.label)
+    return problems
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    """Validate a loaded YAML document; raise ScenarioError listing every problem, structural
+    and cross-reference alike."""
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [Problem("(top level)", "expected a mapping of scenario fields")])
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(source, _structural_problems(err) + _semantic_problems(data)) from None
+    problems = _semantic_problems(scenario.model_dump(mode="json", by_alias=True))
+    if problems:
+        raise ScenarioError(source, problems)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file. The scenario's name defaults to the file's stem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ScenarioError(str(path), [Problem("(file)", f"cannot read: {err.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        problem = Problem(where, f"not valid YAML: {getattr(err, 'problem', err)}")
+        raise ScenarioError(str(path), [problem]) from None
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return parse_scenario(data, str(path))
