@@ -8,8 +8,8 @@ least 4*patch and its long side at least 8*patch.  Along the long axis (width on
 train region and the last 25% the test region; the train region gives up a gap of ceil(2*scale)+2 pixels
 next to the border, so that no original pixel feeds both regions through the upscaling.  A patch is a square
 crop of a random side in [patch, 2*patch] inside one region, resized to patch x patch (antialiased bilinear,
-using only the crop's own pixels), and flipped left-right with probability 1/2.  So a test patch never shares
-a pixel with a train patch.
+as PIL and torch do it, using only the crop's own pixels), and flipped left-right with probability 1/2.
+So a test patch never shares a pixel with a train patch.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import skimage.data
 import skimage.io
 import skimage.transform
 import torch
-import torch.nn.functional as F
 
 # Natural photographs in scikit-image's package folder, sorted by name.  Left out: the synthetic images
 # (chessboard, color, horse, logo, phantom), the stacks (multipage, lfw_subset, the tiny gif), and
@@ -180,24 +179,45 @@ def draw_crops(region: Box, count: int, patch: int, rng: np.random.Generator) ->
     return np.stack([top, left, side, flip], axis=1).astype(np.int64)
 
 
+@functools.lru_cache(maxsize=256)
+def _resize_weights(side: int, patch: int) -> np.ndarray:
+    """(patch, side) float32 rows of antialiased bilinear (triangle) weights, as PIL and torch use them.
+
+    Each row is normalised over the `side` input pixels only, so a resized crop uses no pixel outside it.
+    """
+    scale = side / patch
+    support = max(scale, 1.0)  # the triangle widens when shrinking: that is the antialiasing
+    centres = (np.arange(patch) + 0.5) * scale
+    w = np.clip(1.0 - np.abs(np.arange(side) + 0.5 - centres[:, None]) / support, 0.0, None)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def _render(pixels: list[np.ndarray], crops: np.ndarray, owner: np.ndarray, patch: int) -> np.ndarray:
-    """Cut the crops (row i from pixels[owner[i]]) and resize them to patch x patch, as uint8 (N, 3, P, P)."""
+    """Cut the crops (row i from pixels[owner[i]]) and resize them to patch x patch, as uint8 (N, 3, P, P).
+
+    The resize is two matrix products per crop size, in numpy: much faster than torch's elementwise
+    kernels when other processes keep the cores busy (torch's thread pool then stalls).
+    """
     out = np.empty((len(crops), 3, patch, patch), dtype=np.uint8)
-    for side in np.unique(crops[:, 2]):
+    for side in np.unique(crops[:, 2]).tolist():
         rows = np.flatnonzero(crops[:, 2] == side)
         where = zip(owner[rows].tolist(), crops[rows, 0].tolist(), crops[rows, 1].tolist(), strict=True)
-        stack = np.stack([pixels[o][t : t + side, s : s + side] for o, t, s in where])
-        x = torch.from_numpy(stack).permute(0, 3, 1, 2)
-        if side != patch:  # the resize sees only the crop, so no pixel from outside it can leak in
-            y = F.interpolate(x.float(), size=(patch, patch), mode="bilinear", antialias=True)
-            x = y.round_().clamp_(0, 255).to(torch.uint8)
-        out[rows] = x.numpy()
+        stack = np.stack([pixels[o][t : t + side, s : s + side] for o, t, s in where])  # (n, side, side, 3)
+        if side == patch:
+            out[rows] = stack.transpose(0, 3, 1, 2)
+            continue
+        w = _resize_weights(side, patch)
+        tall = np.matmul(w, stack.astype(np.float32).reshape(len(rows), side, side * 3))  # resize the rows
+        small = np.matmul(tall.reshape(len(rows), patch, side, 3).transpose(0, 3, 1, 2), w.T)  # then columns
+        out[rows] = np.clip(np.rint(small), 0, 255).astype(np.uint8)
     flip = crops[:, 3].astype(bool)
     out[flip] = out[flip][..., ::-1]
     return out
 
 
-def _patches(names: Sequence[str], per_class: int, split: str, patch: int, seed: int) -> ImageSet:
+def _patches(
+    names: Sequence[str], per_class: int, split: Literal["train", "test"], patch: int, seed: int
+) -> ImageSet:
     """`per_class` patches from the `split` region of each named photo; label = position in `names`."""
     photos = [_photo(n, patch) for n in names]
     # one stream per (seed, photo, split): a photo's patches do not depend on which other photos are drawn
@@ -291,10 +311,9 @@ def _controlled_round(counts: np.ndarray, cols: np.ndarray, rng: np.random.Gener
 def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Disjoint, class-stratified index sets, one of round(f*N) (at least 1) indices per fraction f.
 
-    (Where rounding up would make the parts ask for more than N, a few sizes are rounded down instead.)
-
-    Stratified so that every entity sees every class in proportion; each class's count in a part is
-    n_class * size / N rounded down or up, with the parts' sizes exact.  Indices are sorted ascending.
+    Stratified so that every entity sees every class in proportion: each class's count in a part is
+    n_class * size / N rounded down or up, with the parts' sizes exact.  Where rounding up would make the
+    parts ask for more than N, a few sizes are rounded down instead.  Indices are sorted ascending.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -309,9 +328,9 @@ def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list
     exact = np.array([f * n for f in fractions])
     sizes = np.maximum(1, np.rint(exact)).astype(np.int64)
     # rounding up can ask for more than n when the fractions sum to about 1: round those nearest .5 down
-    for j in np.argsort(exact - sizes, kind="stable")[: max(0, int(sizes.sum()) - n)]:
-        if sizes[j] > 1 and sizes[j] > exact[j]:
-            sizes[j] -= 1
+    lowerable = np.flatnonzero((sizes > 1) & (sizes > exact))
+    lowerable = lowerable[np.argsort(exact[lowerable] - sizes[lowerable], kind="stable")]
+    sizes[lowerable[: max(0, int(sizes.sum()) - n)]] -= 1
     if sizes.sum() > n:
         raise ValueError(f"{len(sizes)} parts of at least 1 sample each, but only {n} samples")
 

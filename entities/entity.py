@@ -84,14 +84,22 @@ def empty_nets(scenario: Any, num_classes: int) -> SharedNets:
     channels = feature_shape(featurizer, image_size(scenario))[0]
     r = scenario.reconstructor
     reconstructor = build_reconstructor(
-        channels, scenario.backbone.split, width=r.width, blocks_per_upscale=r.blocks_per_upscale, output=r.output
+        channels,
+        scenario.backbone.split,
+        width=r.width,
+        blocks_per_upscale=r.blocks_per_upscale,
+        output=r.output,
     )
     return SharedNets(featurizer, decider, reconstructor)
 
 
 def load_nets(scenario: Any, num_classes: int, states: dict[str, StateDict]) -> SharedNets:
     nets = empty_nets(scenario, num_classes)
-    for name, module in (("featurizer", nets.featurizer), ("decider", nets.decider), ("reconstructor", nets.reconstructor)):
+    for name, module in (
+        ("featurizer", nets.featurizer),
+        ("decider", nets.decider),
+        ("reconstructor", nets.reconstructor),
+    ):
         if name in states:
             module.load_state_dict(states[name])
     return nets
@@ -121,7 +129,9 @@ def train_classifier(
     return featurizer.eval().cpu(), decider.eval().cpu()
 
 
-def train_reconstructor(scenario: Any, featurizer: nn.Module, public: datasets.ImageSet, *, seed: int) -> nn.Module:
+def train_reconstructor(
+    scenario: Any, featurizer: nn.Module, public: datasets.ImageSet, *, seed: int
+) -> nn.Module:
     """R inverts the frozen F, trained with L1 on the public set D_q only."""
     dev = device()
     torch.manual_seed(seed)
@@ -131,7 +141,11 @@ def train_reconstructor(scenario: Any, featurizer: nn.Module, public: datasets.I
     channels = feats.shape[1]
     r = scenario.reconstructor
     recon = build_reconstructor(
-        channels, scenario.backbone.split, width=r.width, blocks_per_upscale=r.blocks_per_upscale, output=r.output
+        channels,
+        scenario.backbone.split,
+        width=r.width,
+        blocks_per_upscale=r.blocks_per_upscale,
+        output=r.output,
     ).to(dev)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
@@ -177,7 +191,9 @@ def train_dpm(
 def measure_dpm(nets: SharedNets, dpm: nn.Module, test: datasets.ImageSet) -> dict[str, float]:
     """What the DPM gives up and what it hides: Tables 1 and 2 of the paper, on the test set."""
     dev = device()
-    featurizer, decider, recon, dpm = (m.to(dev).eval() for m in (nets.featurizer, nets.decider, nets.reconstructor, dpm))
+    featurizer, decider, recon, dpm = (
+        m.to(dev).eval() for m in (nets.featurizer, nets.decider, nets.reconstructor, dpm)
+    )
     x, y = to_float(test.images), torch.as_tensor(test.labels)
     original = apply(lambda b: featurizer(b.to(dev)), x)
     poisoned = apply(lambda b: dpm(b.to(dev)), original)

@@ -31,7 +31,9 @@ def build_classifier(backbone: str, split: str, num_classes: int) -> tuple[nn.Se
         raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
     net = BACKBONES[backbone](weights=None, num_classes=num_classes)
     cut = _LAYERS.index(SPLITS[split][0]) + 1
-    featurizer = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *(getattr(net, n) for n in _LAYERS[:cut]))
+    featurizer = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, *(getattr(net, n) for n in _LAYERS[:cut])
+    )
     decider = nn.Sequential(*(getattr(net, n) for n in _LAYERS[cut:]), net.avgpool, nn.Flatten(1), net.fc)
     return featurizer, decider
 

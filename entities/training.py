@@ -59,7 +59,9 @@ def fit(
     if recipe.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     else:
-        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True)
+        opt = torch.optim.SGD(
+            params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True
+        )
     steps_per_epoch = max(1, sum(1 for _ in range(0, n, recipe.batch_size)))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
     generator = seed_everything(seed)

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a scenario as a Flower simulation on Ray")
     p.add_argument("file", nargs="?")
     p.add_argument("--out", default="runs", help="where run directories go (default: runs/)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"
+    )
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting one")
     p.set_defaults(func=_run)
 

@@ -36,7 +36,9 @@ def _handle(msg: Message, context: Context, work: Handler) -> Message:
 
 @app.query("whoami")
 def whoami(msg: Message, context: Context) -> Message:
-    return Message(content=pack(config={"partition-id": int(context.node_config["partition-id"])}), reply_to=msg)
+    return Message(
+        content=pack(config={"partition-id": int(context.node_config["partition-id"])}), reply_to=msg
+    )
 
 
 @app.train("prepare")

@@ -87,11 +87,20 @@ class Courier:
         self.log = log
         self.nodes: dict[str, int] = {}  # party name -> node id
 
-    def _audit(self, msg_type: str, sender: str, receiver: str, content: RecordDict | None, **extra: Any) -> None:
+    def _audit(
+        self, msg_type: str, sender: str, receiver: str, content: RecordDict | None, **extra: Any
+    ) -> None:
         records, size = describe(content) if content is not None else ({}, 0)
         self.run.audit(
-            {"t": round(time.time(), 3), "type": msg_type, "sender": sender, "receiver": receiver,
-             "records": records, "bytes": size, **extra}
+            {
+                "t": round(time.time(), 3),
+                "type": msg_type,
+                "sender": sender,
+                "receiver": receiver,
+                "records": records,
+                "bytes": size,
+                **extra,
+            }
         )
 
     def discover(self, parties: list[str], partition_of: Callable[[str], int], wait: float = 120.0) -> None:
@@ -99,11 +108,15 @@ class Courier:
         deadline = time.monotonic() + wait
         while len(list(self.grid.get_node_ids())) < len(parties):
             if time.monotonic() > deadline:
-                raise RunFailed(f"only {len(list(self.grid.get_node_ids()))} of {len(parties)} nodes registered")
+                raise RunFailed(
+                    f"only {len(list(self.grid.get_node_ids()))} of {len(parties)} nodes registered"
+                )
             time.sleep(0.2)
         by_partition: dict[int, int] = {}
         node_ids = list(self.grid.get_node_ids())
-        msgs = [Message(content=RecordDict(), dst_node_id=nid, message_type="query.whoami") for nid in node_ids]
+        msgs = [
+            Message(content=RecordDict(), dst_node_id=nid, message_type="query.whoami") for nid in node_ids
+        ]
         for m in msgs:
             self._audit("query.whoami", SERVER, f"node:{m.metadata.dst_node_id}", m.content)
         replies = list(self.grid.send_and_receive(msgs, timeout=wait))
@@ -120,7 +133,9 @@ class Courier:
                 raise RunFailed(f"no node answered for partition {pid} ({party})")
             self.nodes[party] = by_partition[pid]
 
-    def dispatch(self, stage: str, tasks: Iterable[Task], on_reply: Callable[[Task, RecordDict], None]) -> None:
+    def dispatch(
+        self, stage: str, tasks: Iterable[Task], on_reply: Callable[[Task, RecordDict], None]
+    ) -> None:
         """Run tasks with at most one in flight per party; call on_reply as each reply arrives.
 
         A party's tasks run in the given order. Any error reply or timeout fails the run,

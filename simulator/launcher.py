@@ -70,7 +70,9 @@ def _simulate(run: RunDir, ray_address: str | None) -> None:
         raise RunFailed(str(failures[0])) from failures[0]
     missing = [s for s in STAGES if not run.stage_done(s)]
     if missing:
-        raise RunFailed(f"the simulation ended before stage(s) {', '.join(missing)} finished; see the log above")
+        raise RunFailed(
+            f"the simulation ended before stage(s) {', '.join(missing)} finished; see the log above"
+        )
     _log(f"all stages done in {time.monotonic() - t0:.1f} s")
 
 

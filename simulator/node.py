@@ -97,18 +97,31 @@ def poison(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> 
     measured = E.measure_dpm(nets, dpm, task.task_test)
 
     pool = Pool(run.pool_dir)
-    shards = [pool.publish(owner=party, name="poisoned", features=E.featurize(nets.featurizer, images, dpm).numpy(),
-                           labels=labels)]
+    shards = [
+        pool.publish(
+            owner=party,
+            name="poisoned",
+            features=E.featurize(nets.featurizer, images, dpm).numpy(),
+            labels=labels,
+        )
+    ]
     if bool(content.config_records["config"]["publish_original"]):
         # Only for the table's "original features" reference rows: these are NOT protected.
-        shards.append(pool.publish(owner=party, name="original",
-                                   features=E.featurize(nets.featurizer, images).numpy(), labels=labels))
+        shards.append(
+            pool.publish(
+                owner=party,
+                name="original",
+                features=E.featurize(nets.featurizer, images).numpy(),
+                labels=labels,
+            )
+        )
     published = [f"{s.owner}/{s.name}:{'x'.join(map(str, s.shape))}:{s.dtype}:{s.sha256}" for s in shards]
     return pack(metrics=measured, config={"published": published})
 
 
-def _row_features(run: RunDir, scenario: Scenario, party: str, row: Any, nets: E.SharedNets
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_features(
+    run: RunDir, scenario: Scenario, party: str, row: Any, nets: E.SharedNets
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The feature mix a row names: own original features are computed here, the rest come from the pool."""
     pool = Pool(run.pool_dir)
     feats, labels = [], []

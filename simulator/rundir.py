@@ -1,14 +1,14 @@
 """The run directory: everything a run writes, and the only thing `veil report` reads.
 
-    runs/<scenario>-<timestamp>/
-        scenario.yaml          the resolved scenario
-        manifest.json          seed, library versions, hardware, per-stage status and wall times
-        results/<unit>.jsonl   flat records (table, row, label, entity, metric, value), one file per
-                               finished unit of work (a stage, or one row of the collaboration table)
-        audit.jsonl            every message: type, sender, receiver, record names, bytes
-        shared/                F, C, R as the server handed them out (public to every party)
-        pool/                  poisoned features + manifest (see simulator.pool)
-        parties/<name>/private/  what only that party may read
+runs/<scenario>-<timestamp>/
+    scenario.yaml          the resolved scenario
+    manifest.json          seed, library versions, hardware, per-stage status and wall times
+    results/<unit>.jsonl   flat records (table, row, label, entity, metric, value), one file per
+                           finished unit of work (a stage, or one row of the collaboration table)
+    audit.jsonl            every message: type, sender, receiver, record names, bytes
+    shared/                F, C, R as the server handed them out (public to every party)
+    pool/                  poisoned features + manifest (see simulator.pool)
+    parties/<name>/private/  what only that party may read
 """
 
 from __future__ import annotations
@@ -39,7 +39,17 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("veil", "flwr", "ray", "torch", "torchvision", "numpy", "pandas", "pydantic", "scikit-image"):
+    for dist in (
+        "veil",
+        "flwr",
+        "ray",
+        "torch",
+        "torchvision",
+        "numpy",
+        "pandas",
+        "pydantic",
+        "scikit-image",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -48,7 +58,11 @@ def library_versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(), "cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpus": os.cpu_count(),
+    }
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * size / 2**30, 1)

@@ -58,7 +58,9 @@ class Driver:
             nonlocal done
             done += 1
             on_reply(task, content)
-            self.log(f"  {stage} {task.key}: {task.party} done at {time.monotonic() - started:.1f} s ({done}/{total})")
+            self.log(
+                f"  {stage} {task.key}: {task.party} done at {time.monotonic() - started:.1f} s ({done}/{total})"
+            )
 
         self.courier.dispatch(stage, tasks, reply)
 
@@ -77,27 +79,36 @@ class Driver:
         leader = self.scenario.leading_entity
 
         def on_reply(task: Task, content: RecordDict) -> None:
-            states = {name: dict(content.array_records[name].to_torch_state_dict())
-                      for name in ("featurizer", "decider", "reconstructor")}
+            states = {
+                name: dict(content.array_records[name].to_torch_state_dict())
+                for name in ("featurizer", "decider", "reconstructor")
+            }
             self.run.shared_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.run.shared_dir / (NETS_FILE + ".tmp")
             torch.save(states, tmp)
             tmp.replace(self.run.shared_dir / NETS_FILE)
             m = content.metric_records["metrics"]
-            self.run.write_results("pretrain", [
-                _record("pretrain", None, "F+C", leader, metric, float(m[metric]))
-                for metric in ("top1", "top5", "classifier_s", "reconstructor_s")
-            ])
+            self.run.write_results(
+                "pretrain",
+                [
+                    _record("pretrain", None, "F+C", leader, metric, float(m[metric]))
+                    for metric in ("top1", "top5", "classifier_s", "reconstructor_s")
+                ],
+            )
 
         self._run_tasks("pretrain", [self.task(leader, "pretrain")], on_reply)
 
     def nets(self, *names: str) -> dict[str, dict[str, torch.Tensor]]:
-        states: dict[str, dict[str, torch.Tensor]] = torch.load(self.run.shared_dir / NETS_FILE, weights_only=True)
+        states: dict[str, dict[str, torch.Tensor]] = torch.load(
+            self.run.shared_dir / NETS_FILE, weights_only=True
+        )
         return {n: states[n] for n in names}
 
     def poison(self) -> None:
         wanted_original = {
-            src.of for row in self.scenario.collaboration for src in row.sources()
+            src.of
+            for row in self.scenario.collaboration
+            for src in row.sources()
             if src.kind == "original" and src.of != row.entity
         }
         arrays = self.nets("featurizer", "decider", "reconstructor")
@@ -107,16 +118,31 @@ class Driver:
             m = content.metric_records["metrics"]
             for kind in ("original", "poisoned"):
                 for metric in ("top1", "top5"):
-                    records.append(_record("table1", None, kind, task.party, metric, float(m[f"{metric}_{kind}"])))
+                    records.append(
+                        _record("table1", None, kind, task.party, metric, float(m[f"{metric}_{kind}"]))
+                    )
                 for metric in ("l1", "ssim"):
-                    records.append(_record("table2", None, kind, task.party, metric, float(m[f"{metric}_{kind}"])))
+                    records.append(
+                        _record("table2", None, kind, task.party, metric, float(m[f"{metric}_{kind}"]))
+                    )
             for shard in content.config_records["config"]["published"]:  # type: ignore[union-attr]
                 ident, shape, dtype, digest = str(shard).split(":")
-                self.run.audit({"t": round(time.time(), 3), "type": "pool.publish", "sender": task.party,
-                                "receiver": "pool", "shard": ident, "shape": [int(s) for s in shape.split("x")],
-                                "dtype": dtype, "sha256": digest})
+                self.run.audit(
+                    {
+                        "t": round(time.time(), 3),
+                        "type": "pool.publish",
+                        "sender": task.party,
+                        "receiver": "pool",
+                        "shard": ident,
+                        "shape": [int(s) for s in shape.split("x")],
+                        "dtype": dtype,
+                        "sha256": digest,
+                    }
+                )
 
-        tasks = [self.task(p, "poison", arrays=arrays, publish_original=p in wanted_original) for p in self.parties]
+        tasks = [
+            self.task(p, "poison", arrays=arrays, publish_original=p in wanted_original) for p in self.parties
+        ]
         self._run_tasks("poison", tasks, on_reply)
         self.run.write_results("poison", records)
 
@@ -127,17 +153,27 @@ class Driver:
             if self.run.has_results(_row_unit(i)):
                 self.log(f"  refine row {row.label}: done in an earlier attempt, skipped")
                 continue
-            tasks.append(self.task(row.entity, "refine", key=f"row {row.label}",
-                                   arrays=None if row.trains_from_raw else arrays, row=i))
+            tasks.append(
+                self.task(
+                    row.entity,
+                    "refine",
+                    key=f"row {row.label}",
+                    arrays=None if row.trains_from_raw else arrays,
+                    row=i,
+                )
+            )
 
         def on_reply(task: Task, content: RecordDict) -> None:
             i = int(task.content.config_records["config"]["row"])  # type: ignore[arg-type]
             row = self.scenario.collaboration[i]
             m = content.metric_records["metrics"]
-            self.run.write_results(_row_unit(i), [
-                _record("table5", i + 1, row.label, row.entity, metric, float(m[metric]))
-                for metric in ("top1", "top5", "n_train")
-            ])
+            self.run.write_results(
+                _row_unit(i),
+                [
+                    _record("table5", i + 1, row.label, row.entity, metric, float(m[metric]))
+                    for metric in ("top1", "top5", "n_train")
+                ],
+            )
 
         self._run_tasks("refine", tasks, on_reply)
 
@@ -146,7 +182,9 @@ def _row_unit(index: int) -> str:
     return f"refine-row{index + 1:02d}"
 
 
-def _record(table: str, row: int | None, label: str, entity: str, metric: str, value: float) -> dict[str, Any]:
+def _record(
+    table: str, row: int | None, label: str, entity: str, metric: str, value: float
+) -> dict[str, Any]:
     return {"table": table, "row": row, "label": label, "entity": entity, "metric": metric, "value": value}
 
 
