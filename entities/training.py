@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -19,6 +20,7 @@ class Recipe(Protocol):
     batch_size: int
     weight_decay: float
     optimizer: str
+    min_steps: int
 
 
 def device() -> torch.device:
@@ -50,7 +52,8 @@ def fit(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Minimise loss_fn over shuffled index batches of n samples for recipe.epochs epochs.
+    """Minimise loss_fn over shuffled index batches of n samples for recipe.epochs epochs
+    (more when that makes fewer than recipe.min_steps steps).
 
     Cosine learning-rate decay; batches of one sample are skipped (BatchNorm needs two).
     Returns the mean loss of each epoch.
@@ -62,11 +65,13 @@ def fit(
         opt = torch.optim.SGD(
             params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True
         )
-    steps_per_epoch = max(1, sum(1 for _ in range(0, n, recipe.batch_size)))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps_per_epoch)
+    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    # a small dataset trains for more epochs, so that every run gets at least min_steps updates
+    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     generator = seed_everything(seed)
     history = []
-    for epoch in range(recipe.epochs):
+    for epoch in range(epochs):
         total, count = 0.0, 0
         for index in batches(n, recipe.batch_size, generator):
             if len(index) < 2:

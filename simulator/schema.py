@@ -76,6 +76,7 @@ class Training(Strict):
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(5e-4, ge=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    min_steps: int = Field(0, ge=0, description="train at least this many steps (more epochs on small data)")
 
 
 class Reconstructor(Strict):
@@ -140,6 +141,11 @@ def _check_source(text: str) -> str:
 SourceText = Annotated[str, AfterValidator(_check_source)]  # checked item by item: errors name data[j]
 
 
+class PaperAccuracy(Strict):
+    top1: float = Field(ge=0, le=100)
+    top5: float = Field(ge=0, le=100)
+
+
 class Row(Strict):
     """A row of the collaboration table: one entity trains on one mix of data.
 
@@ -151,6 +157,9 @@ class Row(Strict):
     entity: str
     data: list[SourceText] = Field(min_length=1)
     inferred: bool = Field(False, description="the paper's label for this row was inferred")
+    paper: PaperAccuracy | None = Field(
+        None, description="the paper's figures for this row, shown beside ours"
+    )
 
     def sources(self) -> list[Source]:
         return [Source.parse(text, self.entity) for text in self.data]

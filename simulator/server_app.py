@@ -58,9 +58,8 @@ class Driver:
             nonlocal done
             done += 1
             on_reply(task, content)
-            self.log(
-                f"  {stage} {task.key}: {task.party} done at {time.monotonic() - started:.1f} s ({done}/{total})"
-            )
+            at = time.monotonic() - started
+            self.log(f"  {stage} {task.key}: {task.party} done at {at:.1f} s ({done}/{total})")
 
         self.courier.dispatch(stage, tasks, reply)
 

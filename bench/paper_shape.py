@@ -1,0 +1,127 @@
+"""Does a collab-10-1 run keep the shape of the Deep Poisoning paper? Prints the tables and checks.
+
+    python bench/paper_shape.py --run runs/collab-10-1-<time>     # check a finished run
+    python bench/paper_shape.py --run latest                       # the newest collab-10-1 run in runs/
+    python bench/paper_shape.py --scenario scenarios/collab-10-1.yaml   # run it first, then check
+
+Exit status 1 when any check fails. Table 5's checks use rows by position (1-12, as in the paper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reports.tables import records, render_report  # noqa: E402
+
+
+def checks(df: pd.DataFrame) -> list[tuple[str, bool, str]]:
+    """(what, passed, figures) for each of the paper's claims we hold the run to."""
+    out = []
+    t1 = df[df.table == "table1"].pivot_table(index="entity", columns=["label", "metric"], values="value")
+    for entity, row in t1.iterrows():
+        gap = row[("original", "top1")] - row[("poisoned", "top1")]
+        out.append(
+            (
+                f"Table 1 {entity}: top-1 poisoned within 3 points of original",
+                abs(gap) <= 3,
+                f"{row[('original', 'top1')]:.1f} vs {row[('poisoned', 'top1')]:.1f}",
+            )
+        )
+    t2 = df[df.table == "table2"].pivot_table(index="entity", columns=["label", "metric"], values="value")
+    for entity, row in t2.iterrows():
+        out.append(
+            (
+                f"Table 2 {entity}: SSIM from original >= 0.5",
+                row[("original", "ssim")] >= 0.5,
+                f"{row[('original', 'ssim')]:.3f}",
+            )
+        )
+        out.append(
+            (
+                f"Table 2 {entity}: SSIM from poisoned <= 0.1",
+                row[("poisoned", "ssim")] <= 0.1,
+                f"{row[('poisoned', 'ssim')]:.3f}",
+            )
+        )
+    t5 = df[(df.table == "table5") & (df.metric == "top1")].set_index("row")["value"]
+    if len(t5) >= 12:
+        r = {int(k): float(v) for k, v in t5.items()}
+        mean13 = (r[1] + r[2] + r[3]) / 3
+        out += [
+            (
+                "Table 5: row 4 at least 10 below the mean of rows 1-3",
+                r[4] <= mean13 - 10,
+                f"{r[4]:.1f} vs {mean13:.1f}",
+            ),
+            (
+                "Table 5: row 5 the best",
+                r[5] >= max(v for k, v in r.items() if k != 5),
+                f"{r[5]:.1f} vs {max(v for k, v in r.items() if k != 5):.1f}",
+            ),
+            (
+                "Table 5: row 7 at least 5 above rows 1 and 2",
+                r[7] >= max(r[1], r[2]) + 5,
+                f"{r[7]:.1f} vs {max(r[1], r[2]):.1f}",
+            ),
+            (
+                "Table 5: row 8 at least 5 above rows 1 and 2",
+                r[8] >= max(r[1], r[2]) + 5,
+                f"{r[8]:.1f} vs {max(r[1], r[2]):.1f}",
+            ),
+            ("Table 5: row 6 at least row 7 minus 1", r[6] >= r[7] - 1, f"{r[6]:.1f} vs {r[7]:.1f}"),
+            ("Table 5: row 12 at least 15 above row 4", r[12] >= r[4] + 15, f"{r[12]:.1f} vs {r[4]:.1f}"),
+        ]
+    else:
+        out.append(("Table 5: all 12 rows present", False, f"{len(t5)} rows"))
+    return out
+
+
+def latest(out: Path, name: str) -> Path:
+    runs = sorted(out.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise SystemExit(f"no {name} run under {out}/")
+    return runs[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--run", help="a run directory, or 'latest'")
+    group.add_argument("--scenario", help="run this scenario first")
+    parser.add_argument("--out", default="runs")
+    args = parser.parse_args(argv)
+
+    if args.scenario:
+        from simulator.launcher import start_run
+        from simulator.schema import load_scenario
+
+        t0 = time.monotonic()
+        run_dir = start_run(load_scenario(args.scenario), out=Path(args.out))
+        print(f"wall time including Ray start-up: {time.monotonic() - t0:.1f} s")
+    elif args.run == "latest":
+        run_dir = latest(Path(args.out), "collab-10-1")
+    else:
+        run_dir = Path(args.run)
+
+    print(render_report(run_dir))
+    print("\nChecks against the paper's shape:")
+    results = checks(records(run_dir))
+    for what, passed, figures in results:
+        print(f"  [{'pass' if passed else 'FAIL'}] {what}: {figures}")
+    failed = sum(not p for _, p, _ in results)
+    print(f"\n{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
