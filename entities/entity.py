@@ -45,6 +45,7 @@ def load_task_data(scenario: Any) -> datasets.TaskData:
             train_per_class=spec.train_per_class,
             test_per_class=spec.test_per_class,
             seed=scenario.seed,
+            jitter_strength=spec.jitter,
         )
     raise ValueError(
         f"dataset.kind {spec.kind!r}: this version of Veil runs only the built-in 'photos' dataset; "

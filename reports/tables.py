@@ -51,7 +51,7 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table5(df: pd.DataFrame, scenario: dict | None = None) -> pd.DataFrame:
-    """The collaboration table: top-1/top-5 per row, beside the paper's figures where the scenario has them."""
+    """The collaboration table: top-1/top-5 per row, beside the paper's figures where given."""
     sub = df[df.table == "table5"]
     out = sub.pivot_table(index=["row", "label", "entity"], columns="metric", values="value", aggfunc="first")
     out = out.reset_index().sort_values("row").set_index("row")

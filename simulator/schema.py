@@ -39,6 +39,9 @@ class PhotosDataset(Strict):
     public_classes: int = Field(6, ge=1, description="other photos that form the public set D_q")
     train_per_class: int = Field(400, ge=1)
     test_per_class: int = Field(100, ge=1)
+    jitter: float = Field(
+        0.0, ge=0, le=1, description="per-patch contrast/brightness/colour/noise changes (see entities.data.jitter)"
+    )
 
     @field_validator("task_classes")
     @classmethod
