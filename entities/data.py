@@ -240,12 +240,13 @@ def _patches(
 
 
 def jitter(images: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Per-patch acquisition changes: contrast, brightness, colour balance and sensor noise.
+    """Per-patch acquisition changes: contrast, brightness and colour balance.
 
     Without it a photo's overall tone names its class from a single patch; with it a classifier
     has to learn texture, and more training data helps, as it does for real images. The
     contrast varies by +-strength, brightness by +-strength/2, each channel's gain by
-    +-strength/3, and the noise has standard deviation strength/8 (images in [0, 1]).
+    +-strength/3 (images in [0, 1]). No pixel noise: a reconstructor could not recover it, and
+    it would cap the SSIM of even a perfect inversion of the featurizer.
     """
     if strength == 0:
         return images
@@ -255,7 +256,7 @@ def jitter(images: np.ndarray, strength: float, rng: np.random.Generator) -> np.
     brightness = rng.uniform(-strength / 2, strength / 2, (n, 1, 1, 1))
     gain = rng.uniform(1 - strength / 3, 1 + strength / 3, (n, 3, 1, 1))
     mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    x = ((x - mean) * contrast + mean + brightness) * gain + rng.normal(0, strength / 8, x.shape)
+    x = ((x - mean) * contrast + mean + brightness) * gain
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
@@ -268,6 +269,7 @@ def build_photos(
     test_per_class: int,
     seed: int,
     jitter_strength: float = 0.0,
+    public_per_class: int | None = None,
 ) -> TaskData:
     """D_p and D_q from scikit-image's photos: class = photo, train and test from disjoint regions.
 
@@ -295,7 +297,7 @@ def build_photos(
     return TaskData(
         task_train=_patches(task, train_per_class, "train", patch, seed, jitter_strength),
         task_test=_patches(task, test_per_class, "test", patch, seed, jitter_strength),
-        public_train=_patches(public, train_per_class, "train", patch, seed, jitter_strength),
+        public_train=_patches(public, public_per_class or train_per_class, "train", patch, seed, jitter_strength),
         public_test=_patches(public, test_per_class, "test", patch, seed, jitter_strength),
     )
 

@@ -46,6 +46,7 @@ def load_task_data(scenario: Any) -> datasets.TaskData:
             test_per_class=spec.test_per_class,
             seed=scenario.seed,
             jitter_strength=spec.jitter,
+            public_per_class=spec.public_per_class,
         )
     raise ValueError(
         f"dataset.kind {spec.kind!r}: this version of Veil runs only the built-in 'photos' dataset; "

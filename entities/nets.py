@@ -71,11 +71,15 @@ class Reconstructor(nn.Module):
     def __init__(self, in_channels: int, upscales: int, *, width: int, blocks_per_upscale: int, output: str):
         super().__init__()
         layers: list[nn.Module] = []
+        channels = in_channels
         for _ in range(upscales):
-            layers += [InverseBottleneck(in_channels, width) for _ in range(blocks_per_upscale)]
-            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers += [InverseBottleneck(channels, width) for _ in range(blocks_per_upscale)]
+            # halve the channels as the resolution doubles, mirroring the featurizer (and 4x cheaper)
+            out = max(channels // 2, 16)
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 1)]
+            channels = out
         layers += [
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
             nn.Conv2d(width, 3, 3, padding=1),

@@ -39,8 +39,11 @@ class PhotosDataset(Strict):
     public_classes: int = Field(6, ge=1, description="other photos that form the public set D_q")
     train_per_class: int = Field(400, ge=1)
     test_per_class: int = Field(100, ge=1)
+    public_per_class: int | None = Field(
+        None, ge=1, description="training patches per public class (D_q); default train_per_class"
+    )
     jitter: float = Field(
-        0.0, ge=0, le=1, description="per-patch contrast/brightness/colour/noise changes (see entities.data.jitter)"
+        0.0, ge=0, le=1, description="per-patch contrast/brightness/colour changes (see entities.data.jitter)"
     )
 
     @field_validator("task_classes")
