@@ -125,8 +125,8 @@ class Photo(NamedTuple):
     """One photo ready for cropping: (H, W, 3) uint8 pixels and its disjoint train and test regions."""
 
     pixels: np.ndarray
-    train: Box
-    test: Box
+    train: tuple[Box, ...]
+    test: tuple[Box, ...]
 
 
 @functools.cache
@@ -154,8 +154,31 @@ def split_regions(height: int, width: int, patch: int, gap: int) -> tuple[Box, B
     return Box(0, 0, height, train_len), Box(0, cut, height, test_len)
 
 
+def tile_regions(height: int, width: int, patch: int, gap: int) -> tuple[tuple[Box, ...], tuple[Box, ...]]:
+    """Train and test tiles spread over the whole photo: every fourth tile (on a diagonal pattern) is test.
+
+    Tiles have room for the largest crop and are `gap` apart, so no pixel feeds both splits. Unlike two
+    halves, both splits then see every part of the photo: test patches differ from train patches in
+    pixels, not in which part of the scene they show, and more training data keeps helping.
+    """
+    side = 2 * patch + gap
+    rows, cols = height // side, width // side
+    if rows * cols < 4:
+        raise ValueError(f"a {height}x{width} photo has room for only {rows * cols} tiles of {side} pixels")
+    train, test = [], []
+    for r in range(rows):
+        for c in range(cols):
+            box = Box(r * side, c * side, side - gap, side - gap)
+            along, across = (c, r) if cols >= rows else (r, c)  # step along the long axis
+            (test if (along + 2 * across) % 4 == 1 else train).append(box)
+    return tuple(train), tuple(test)
+
+
+Layout = Literal["halves", "tiles"]
+
+
 @functools.lru_cache(maxsize=64)
-def _photo(name: str, patch: int) -> Photo:
+def _photo(name: str, patch: int, layout: Layout = "halves") -> Photo:
     """The photo upscaled as needed for `patch`, with its regions; cached because it is the slow part."""
     img = _decode(name)
     h, w = img.shape[:2]
@@ -166,15 +189,27 @@ def _photo(name: str, patch: int) -> Photo:
         big = skimage.transform.resize(img, shape, order=1, anti_aliasing=False, preserve_range=True)
         img = np.ascontiguousarray(np.clip(np.rint(big), 0, 255).astype(np.uint8))
         img.setflags(write=False)
+    if layout == "tiles":
+        return Photo(img, *tile_regions(img.shape[0], img.shape[1], patch, gap))
     train, test = split_regions(img.shape[0], img.shape[1], patch, gap)
-    return Photo(img, train, test)
+    return Photo(img, (train,), (test,))
 
 
-def draw_crops(region: Box, count: int, patch: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` random crops inside `region`: int64 rows (top, left, side, flip), side in [patch, 2*patch]."""
+def draw_crops(region: Box | Sequence[Box], count: int, patch: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` random crops inside `region` (one box, or several boxes picked by area): int64 rows
+    (top, left, side, flip), side in [patch, 2*patch]."""
+    boxes = [region] if isinstance(region, Box) else list(region)
     side = rng.integers(patch, 2 * patch, size=count, endpoint=True)
-    top = region.top + (rng.random(count) * (region.height - side + 1)).astype(np.int64)
-    left = region.left + (rng.random(count) * (region.width - side + 1)).astype(np.int64)
+    if len(boxes) == 1:
+        (box,) = boxes
+        tops, lefts = np.full(count, box.top), np.full(count, box.left)
+        heights, widths = np.full(count, box.height), np.full(count, box.width)
+    else:
+        area = np.array([b.height * b.width for b in boxes], dtype=np.float64)
+        pick = rng.choice(len(boxes), size=count, p=area / area.sum())
+        tops, lefts, heights, widths = (np.array([getattr(boxes[i], f) for i in pick]) for f in Box._fields)
+    top = tops + (rng.random(count) * (heights - side + 1)).astype(np.int64)
+    left = lefts + (rng.random(count) * (widths - side + 1)).astype(np.int64)
     flip = rng.integers(0, 2, size=count)
     return np.stack([top, left, side, flip], axis=1).astype(np.int64)
 
@@ -222,9 +257,10 @@ def _patches(
     patch: int,
     seed: int,
     jitter_strength: float = 0.0,
+    layout: Layout = "halves",
 ) -> ImageSet:
     """`per_class` patches from the `split` region of each named photo; label = position in `names`."""
-    photos = [_photo(n, patch) for n in names]
+    photos = [_photo(n, patch, layout) for n in names]
     # one stream per (seed, photo, split): a photo's patches do not depend on which other photos are drawn
     rngs = [np.random.default_rng([seed, PHOTOS.index(n), int(split == "test")]) for n in names]
     crops = np.concatenate(
@@ -270,6 +306,7 @@ def build_photos(
     seed: int,
     jitter_strength: float = 0.0,
     public_per_class: int | None = None,
+    layout: Layout = "halves",
 ) -> TaskData:
     """D_p and D_q from scikit-image's photos: class = photo, train and test from disjoint regions.
 
@@ -295,10 +332,12 @@ def build_photos(
     task = sorted(PHOTOS[i] for i in order[:task_classes])
     public = sorted(PHOTOS[i] for i in order[task_classes:wanted])
     return TaskData(
-        task_train=_patches(task, train_per_class, "train", patch, seed, jitter_strength),
-        task_test=_patches(task, test_per_class, "test", patch, seed, jitter_strength),
-        public_train=_patches(public, public_per_class or train_per_class, "train", patch, seed, jitter_strength),
-        public_test=_patches(public, test_per_class, "test", patch, seed, jitter_strength),
+        task_train=_patches(task, train_per_class, "train", patch, seed, jitter_strength, layout),
+        task_test=_patches(task, test_per_class, "test", patch, seed, jitter_strength, layout),
+        public_train=_patches(
+            public, public_per_class or train_per_class, "train", patch, seed, jitter_strength, layout
+        ),
+        public_test=_patches(public, test_per_class, "test", patch, seed, jitter_strength, layout),
     )
 
 

@@ -47,6 +47,7 @@ def load_task_data(scenario: Any) -> datasets.TaskData:
             seed=scenario.seed,
             jitter_strength=spec.jitter,
             public_per_class=spec.public_per_class,
+            layout=spec.layout,
         )
     raise ValueError(
         f"dataset.kind {spec.kind!r}: this version of Veil runs only the built-in 'photos' dataset; "

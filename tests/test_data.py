@@ -135,7 +135,7 @@ def test_regions_disjoint_with_gap_and_room_for_the_largest_crop(patch: int) -> 
     for name in PHOTOS:
         photo = data._photo(name, patch)
         h, w = photo.pixels.shape[:2]
-        tr, te = photo.train, photo.test
+        (tr,), (te,) = photo.train, photo.test
         for box in (tr, te):
             assert box.top >= 0 and box.left >= 0 and box.top + box.height <= h and box.left + box.width <= w
             assert min(box.height, box.width) >= 2 * patch
@@ -162,25 +162,47 @@ def test_no_pixel_of_a_test_patch_comes_from_outside_the_test_region(monkeypatch
     """Paint each photo 0 in its train region, 255 in its test region, 128 elsewhere: any leak shows."""
     real = data._photo
 
-    def painted(name: str, patch: int) -> data.Photo:
-        photo = real(name, patch)
+    def painted(name: str, patch: int, layout: data.Layout = "halves") -> data.Photo:
+        photo = real(name, patch, layout)
         pixels = np.full_like(photo.pixels, 128)
-        for box, value in ((photo.train, 0), (photo.test, 255)):
-            pixels[box.top : box.top + box.height, box.left : box.left + box.width] = value
+        for boxes, value in ((photo.train, 0), (photo.test, 255)):
+            for box in boxes:
+                pixels[box.top : box.top + box.height, box.left : box.left + box.width] = value
         return data.Photo(pixels, photo.train, photo.test)
 
     monkeypatch.setattr(data, "_photo", painted)
     n = len(PHOTOS)
-    td = build_photos(
-        patch=16,
-        task_classes=n // 2,
-        public_classes=n - n // 2,
-        train_per_class=60,
-        test_per_class=30,
-        seed=5,
-    )
-    assert (td.task_train.images == 0).all() and (td.public_train.images == 0).all()
-    assert (td.task_test.images == 255).all() and (td.public_test.images == 255).all()
+    for layout in ("halves", "tiles"):
+        td = build_photos(
+            patch=16,
+            task_classes=n // 2,
+            public_classes=n - n // 2,
+            train_per_class=60,
+            test_per_class=30,
+            seed=5,
+            layout=layout,
+        )
+        assert (td.task_train.images == 0).all() and (td.public_train.images == 0).all()
+        assert (td.task_test.images == 255).all() and (td.public_test.images == 255).all()
+
+
+@pytest.mark.parametrize("patch", [16, 32])
+def test_tiles_are_disjoint_with_a_gap_and_spread_over_the_photo(patch: int) -> None:
+    for name in PHOTOS:
+        photo = data._photo(name, patch, "tiles")
+        h, w = photo.pixels.shape[:2]
+        boxes = photo.train + photo.test
+        assert 0.15 <= len(photo.test) / len(boxes) <= 0.35
+        for box in boxes:
+            assert box.top + box.height <= h and box.left + box.width <= w
+            assert min(box.height, box.width) >= 2 * patch
+        for i, a in enumerate(boxes):  # no two tiles touch: each pair is at least 3 pixels apart
+            for b in boxes[i + 1 :]:
+                apart_v = max(a.top, b.top) - min(a.top + a.height, b.top + b.height)
+                apart_h = max(a.left, b.left) - min(a.left + a.width, b.left + b.width)
+                assert max(apart_v, apart_h) >= 3
+        spread = len({b.top for b in photo.test}) + len({b.left for b in photo.test})
+        assert spread >= 3  # test tiles are spread over more than one row or column
 
 
 def test_no_real_test_patch_equals_a_train_patch(small: TaskData) -> None:
