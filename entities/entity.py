@@ -213,12 +213,19 @@ def measure_dpm(nets: SharedNets, dpm: nn.Module, test: datasets.ImageSet) -> di
     return out
 
 
-def featurize(featurizer: nn.Module, images: np.ndarray, dpm: nn.Module | None = None) -> torch.Tensor:
-    """F(x), or P(F(x)) when a DPM is given, for a whole image array."""
+def featurize(
+    featurizer: nn.Module, images: np.ndarray, dpm: nn.Module | None = None, *, mirrored: bool = False
+) -> torch.Tensor:
+    """F(x), or P(F(x)) when a DPM is given, for a whole image array.
+
+    With `mirrored`, the features of each image's mirror image follow those of the originals: the
+    flip augmentation that raw-image training gets, precomputed, since the pool holds fixed features.
+    """
     dev = device()
     featurizer = featurizer.to(dev).eval()
     chain = featurizer if dpm is None else nn.Sequential(featurizer, dpm.to(dev).eval())
-    out = apply(lambda b: chain(b.to(dev)), to_float(images))
+    x = to_float(images)
+    out = apply(lambda b: chain(b.to(dev)), torch.cat([x, x.flip(-1)]) if mirrored else x)
     chain.cpu()
     return out
 

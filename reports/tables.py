@@ -16,6 +16,28 @@ import yaml
 PAPER_TABLE1 = {"original": {"top1": 79.39, "top5": 94.18}, "poisoned": {"top1": 78.88, "top5": 94.11}}
 PAPER_TABLE2 = {"original": {"l1": 0.0443, "ssim": 0.6730}, "poisoned": {"l1": 0.2928, "ssim": 0.0070}}
 
+# Sparse codes with ambiguation (Ferdowsi et al., ICASSP 2020), Table 1: CelebA 128x128, 200 test images,
+# L=20, m=512, trained with k=256, k'=256. (our label prefix, paper row, PSNR, SSIM, rate in bits per value)
+PAPER_AMBIGUATION = [
+    ("authorised k_small=", "k=64", 28.66, 0.92, 0.0845),
+    ("authorised k=", "k=128", 30.75, 0.95, 0.1690),
+    ("jpeg at paper rate, whole file", "JPEG", 22.40, 0.76, 0.1830),
+    ("ambiguated as is", "ambiguated, k'=256", 12.00, 0.24, None),
+    ("random guess", "random guess", 12.31, 0.25, None),
+]
+PAPER_KEY_KB = 1.01  # log2 C(512, 128)^20 by the H2 approximation
+AMBIGUATION_COLUMNS = ["psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "rate_bpv", "support_recovery"]
+JPEG_COLUMNS = [
+    "quality",
+    "met",
+    "target_bpv",
+    "rate_bpp",
+    "rate_bpv",
+    "payload_bpv",
+    "psnr_mean",
+    "ssim_mean",
+]
+
 
 def records(run_dir: Path) -> pd.DataFrame:
     """Every result record of a run as one flat frame (table, row, label, entity, metric, value)."""
@@ -54,7 +76,7 @@ def table5(df: pd.DataFrame, scenario: dict | None = None) -> pd.DataFrame:
     """The collaboration table: top-1/top-5 per row, beside the paper's figures where given."""
     sub = df[df.table == "table5"]
     out = sub.pivot_table(index=["row", "label", "entity"], columns="metric", values="value", aggfunc="first")
-    out = out.reset_index().sort_values("row").set_index("row")
+    out = out.reset_index().astype({"row": int}).sort_values("row").set_index("row")
     if scenario is not None:
         rows = scenario.get("collaboration", [])
         for metric in ("top1", "top5"):
@@ -64,6 +86,78 @@ def table5(df: pd.DataFrame, scenario: dict | None = None) -> pd.DataFrame:
             ]
         out["inferred"] = [bool(rows[int(r) - 1].get("inferred")) for r in out.index]
     return out
+
+
+def _by_label(df: pd.DataFrame, table: str) -> pd.DataFrame:
+    sub = df[df.table == table]
+    out = sub.pivot_table(index="label", columns="metric", values="value", aggfunc="first")
+    order = list(dict.fromkeys(sub.label))  # the order the data owner measured them in
+    return out.loc[order]
+
+
+def ambiguation(df: pd.DataFrame) -> pd.DataFrame:
+    """PSNR/SSIM (mean and std over the test set) of the authorised decode, the ambiguated codes decoded as
+    they are, the adversary's guesses and JPEG at a matched rate, beside the paper's Table 1."""
+    out = _by_label(df, "ambiguation")
+    out = out[[c for c in AMBIGUATION_COLUMNS if c in out.columns]].copy()
+    for column in ("paper_row", "paper_psnr", "paper_ssim", "paper_rate"):
+        out[column] = None
+    for prefix, row, psnr, ssim, rate in PAPER_AMBIGUATION:
+        hits = [label for label in out.index if label.startswith(prefix) and "bit values" not in label]
+        if hits:
+            out.loc[hits[0], ["paper_row", "paper_psnr", "paper_ssim", "paper_rate"]] = [
+                row,
+                psnr,
+                ssim,
+                rate,
+            ]
+    return out
+
+
+def jpeg_matched(df: pd.DataFrame) -> pd.DataFrame:
+    """JPEG at the largest quality whose measured rate (whole file, or without its headers) is within the
+    codes' rate (as the paper counts it, and with 8-bit values)."""
+    out = _by_label(df, "ambiguation")
+    out = out[[label.startswith("jpeg") for label in out.index]]
+    return out[[c for c in JPEG_COLUMNS if c in out.columns]]
+
+
+def render_ambiguation(df: pd.DataFrame, run_dir: Path) -> list[str]:
+    """The report's section on sparse codes with ambiguation, and the rate-distortion plot."""
+    fmt = {"float_format": lambda v: f"{v:.4g}"}
+    parts = [
+        "\nAmbiguation: sparse codes of the data owner's test images (PSNR in dB, SSIM with data_range=1, "
+        "mean and std over the whole test set; rate in bits per value, support only as the paper counts it)",
+        ambiguation(df).to_string(**fmt),
+        "\nJPEG (Pillow) at a matched, measured rate (whole file, and payload without headers)",
+        jpeg_matched(df).to_string(**fmt),
+    ]
+    if (df.table == "sizes").any():
+        sizes = _by_label(df, "sizes").T
+        parts += [f"\nSizes per image (the paper's key: {PAPER_KEY_KB} KB by H2)", sizes.to_string(**fmt)]
+    if (df.table == "ambiguation_test").any():
+        parts += [
+            "\nCan the fakes be told from the true values? KS two-sample test of magnitudes, per sampler",
+            _by_label(df, "ambiguation_test").to_string(**fmt),
+        ]
+    if (df.table == "access").any():
+        access = df[df.table == "access"].pivot_table(
+            index="label", columns="metric", values="value", aggfunc="first"
+        )
+        parts += ["\nAuthorised users", access.to_string(**fmt)]
+    if (df.table == "rd_curve").any():
+        from reports.plots import rd_curve_plot
+
+        curve = _by_label(df, "rd_curve")
+        path = rd_curve_plot(curve, Path(run_dir) / "plots" / "rd_curve.png")
+        columns = [
+            c for c in ("k", "quality", "rate_bpv", "rate_bpv_q8", "payload_bpv", "psnr_mean", "ssim_mean")
+        ]
+        parts += [
+            f"\nRate-distortion curve (plot: {path})",
+            curve[[c for c in columns if c in curve]].to_string(**fmt),
+        ]
+    return parts
 
 
 def render_report(run_dir: Path) -> str:
@@ -86,4 +180,6 @@ def render_report(run_dir: Path) -> str:
         ]
     if (df.table == "table5").any():
         parts += ["\nTable 5: entity collaboration", table5(df, scenario).to_string(**fmt)]
+    if (df.table == "ambiguation").any():
+        parts += render_ambiguation(df, run_dir)
     return "\n".join(parts)

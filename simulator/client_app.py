@@ -59,3 +59,13 @@ def poison(msg: Message, context: Context) -> Message:
 @app.train("refine")
 def refine(msg: Message, context: Context) -> Message:
     return _handle(msg, context, node.refine)
+
+
+@app.train("codes")
+def codes(msg: Message, context: Context) -> Message:
+    return _handle(msg, context, node.codes)
+
+
+@app.train("access")
+def access(msg: Message, context: Context) -> Message:
+    return _handle(msg, context, node.access)

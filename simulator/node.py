@@ -8,12 +8,14 @@ and written only under the party's own `parties/<name>/private/`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import RecordDict
 
+from entities import data_owner as D
 from entities import entity as E
 from entities.data import partition
 from simulator.courier import pack, state_dict
@@ -26,8 +28,14 @@ DPM_FILE = "dpm.pt"
 
 
 def parties(scenario: Scenario) -> list[str]:
-    """Every party of the run, in partition-id order: a node's partition id is its index here."""
-    return [e.name for e in scenario.entities]
+    """Every party of the run, in partition-id order: a node's partition id is its index here.
+
+    The entities, then the data owner, then its authorised users.
+    """
+    names = [e.name for e in scenario.entities]
+    if scenario.data_owner is not None:
+        names += [scenario.data_owner.name, *(u.name for u in scenario.data_owner.users)]
+    return names
 
 
 def role(scenario: Scenario, partition_id: int) -> str:
@@ -97,12 +105,14 @@ def poison(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> 
     measured = E.measure_dpm(nets, dpm, task.task_test)
 
     pool = Pool(run.pool_dir)
+    mirror = scenario.dpm.share_mirrored
+    shared_labels = np.concatenate([labels, labels]) if mirror else labels
     shards = [
         pool.publish(
             owner=party,
             name="poisoned",
-            features=E.featurize(nets.featurizer, images, dpm).numpy(),
-            labels=labels,
+            features=E.featurize(nets.featurizer, images, dpm, mirrored=mirror).numpy(),
+            labels=shared_labels,
         )
     ]
     if bool(content.config_records["config"]["publish_original"]):
@@ -111,8 +121,8 @@ def poison(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> 
             pool.publish(
                 owner=party,
                 name="original",
-                features=E.featurize(nets.featurizer, images).numpy(),
-                labels=labels,
+                features=E.featurize(nets.featurizer, images, mirrored=mirror).numpy(),
+                labels=shared_labels,
             )
         )
     published = [f"{s.owner}/{s.name}:{'x'.join(map(str, s.shape))}:{s.dtype}:{s.sha256}" for s in shards]
@@ -128,7 +138,8 @@ def _row_features(
     for src in row.sources():
         if src.kind == "original" and src.of == party:
             images, y = _own_partition(run, party)
-            f = E.featurize(nets.featurizer, images).half()
+            f = E.featurize(nets.featurizer, images, mirrored=scenario.dpm.share_mirrored).half()
+            y = np.concatenate([y, y]) if scenario.dpm.share_mirrored else y
         else:
             shard, y = pool.read(src.of, src.kind)
             f = torch.from_numpy(np.array(shard))
@@ -159,3 +170,59 @@ def refine(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> 
         decider = E.train_decider(scenario, nets.decider, feats, labels_t, seed=seed)
         n = len(feats)
     return pack(metrics={**E.evaluate(featurizer, decider, task.task_test), "n_train": n})
+
+
+# --- the data owner and its authorised users ------------------------------------------------
+
+KEYS_DIR = "keys"
+METRIC_SEP = "|"  # a reply's metric names are "table|label|metric"
+
+
+def keys_dir(run: RunDir, user: str) -> Path:
+    """Where a user's key file lives: `parties/<user>/keys/`, readable by that user only."""
+    return run.root / "parties" / user / KEYS_DIR
+
+
+def public_dir(run: RunDir) -> Path:
+    """The data owner's publication (ambiguated codes, the network): readable by every party."""
+    return run.root / "public"
+
+
+def codes(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> RecordDict:
+    """The data owner trains the autoencoder, publishes ambiguated codes and writes each user's keys.
+
+    The reply holds metrics, and names and digests of what was published and issued: never a key, a
+    code or an image.
+    """
+    owner = scenario.data_owner
+    if owner is None or party != owner.name:
+        raise ValueError(f"stage 'codes' is the data owner's; {party} is not the data owner")
+    outcome = D.run_owner(
+        scenario,
+        public_dir=public_dir(run),
+        private_dir=run.private_dir(party),
+        keys_dir=lambda user: keys_dir(run, user),
+        seed=E.derive_seed(scenario.seed, "codes", party),
+    )
+    metrics = {METRIC_SEP.join((r["table"], r["label"], r["metric"])): r["value"] for r in outcome.records}
+    files = outcome.manifest["files"]
+    published = [
+        f"{name}:{'x'.join(map(str, info.get('shape', [])))}:{info.get('dtype', '')}:{info['sha256']}"
+        for name, info in files.items()
+    ]
+    issued = [f"{i.user}:{i.n_images}:{i.sha256}" for i in outcome.issued]
+    return pack(metrics=metrics, config={"published": published, "issued": issued})
+
+
+def access(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> RecordDict:
+    """An authorised user reconstructs the images it holds keys for, into its private directory."""
+    owner = scenario.data_owner
+    if owner is None or party not in {u.name for u in owner.users}:
+        raise ValueError(f"stage 'access' is for authorised users; {party} is not one")
+    measured = D.run_user(
+        party,
+        key_file=keys_dir(run, party) / D.KEY_FILE,
+        public_dir=public_dir(run),
+        private_dir=run.private_dir(party),
+    )
+    return pack(metrics=measured)

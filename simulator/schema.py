@@ -16,7 +16,9 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SCHEMA_VERSION = 1
-STAGES = ("prepare", "pretrain", "poison", "refine")
+STAGES = ("prepare", "pretrain", "poison", "refine", "codes", "access")
+DPM_STAGES = ("prepare", "pretrain", "poison", "refine")  # skipped when a scenario has no entities
+DATA_OWNER_STAGES = ("codes", "access")  # skipped when a scenario has no data owner
 
 
 class Strict(BaseModel):
@@ -41,6 +43,9 @@ class PhotosDataset(Strict):
     test_per_class: int = Field(100, ge=1)
     public_per_class: int | None = Field(
         None, ge=1, description="training patches per public class (D_q); default train_per_class"
+    )
+    layout: Literal["halves", "tiles"] = Field(
+        "halves", description="train/test regions per photo: two halves, or interleaved tiles (see entities.data)"
     )
     jitter: float = Field(
         0.0, ge=0, le=1, description="per-patch contrast/brightness/colour changes (see entities.data.jitter)"
@@ -103,6 +108,9 @@ class DPMTraining(Training):
     lam: float = Field(alias="lambda", gt=0, description="weight of SSIM(R(P(F(x))), x) in the loss")
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "adam"
+    share_mirrored: bool = Field(
+        True, description="also share (and refine on) the features of each image's mirror image"
+    )
 
 
 # --- parties ------------------------------------------------------------------------------
@@ -175,6 +183,72 @@ class Row(Strict):
         return any(s.kind == "raw" for s in self.sources())
 
 
+# --- the data owner (sparse codes with ambiguation) ------------------------------------------
+
+PARTY_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class Autoencoder(Strict):
+    """The sparsifying autoencoder's shape (Ferdowsi et al.; see entities.sparse)."""
+
+    maps: int = Field(ge=1, description="L: code maps per image")
+    code_length: int = Field(ge=2, description="m: length of each code map")
+    k: int = Field(ge=1, description="non-zeros per code map while training (the paper trains with 2x its k)")
+    widths: list[int] = Field(min_length=1, description="channels of each down block")
+    strides: list[int] = Field(min_length=1, description="stride of each down block (same length as widths)")
+    skip_channels: int = Field(10, ge=1, description="channels of each skip branch")
+
+    @field_validator("widths", "strides")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"got {value}; every entry must be at least 1")
+        return value
+
+
+class AuthorisedUser(Strict):
+    """A user the data owner gives keys to: it can reconstruct the granted images, no others."""
+
+    name: str = Field(pattern=PARTY_NAME)
+    grant: list[int] = Field(min_length=1, description="indices into the data owner's test images")
+
+    @field_validator("grant")
+    @classmethod
+    def _indices(cls, value: list[int]) -> list[int]:
+        if any(i < 0 for i in value):
+            raise ValueError(f"got {value}; image indices must be non-negative")
+        if len(set(value)) != len(value):
+            raise ValueError(f"got {value}; an image is granted twice")
+        return value
+
+
+class DataOwner(Strict):
+    """A party that publishes ambiguated sparse codes of its test images and issues keys (supports)."""
+
+    name: str = Field("owner", pattern=PARTY_NAME)
+    image_size: int = Field(
+        64, ge=16, description="side of the owner's images (built-in photos: the patch size)"
+    )
+    autoencoder: Autoencoder
+    training: Training
+    k: int = Field(ge=1, description="non-zeros per code map of the published codes")
+    k_small: int = Field(ge=1, description="a smaller k, also measured (the paper's k=64 row)")
+    k_prime: int = Field(ge=1, description="non-zeros per map after ambiguation (k' - k fakes)")
+    sampler: Literal["ctg", "empirical"] = Field(
+        "ctg", description="law of the fake values: complementary truncated Gaussian, or the true magnitudes"
+    )
+    sweep_k: list[int] = Field(default_factory=list, description="k values of the rate-distortion curve")
+    jpeg_qualities: list[int] = Field(default_factory=list, description="JPEG qualities of the curve")
+    users: list[AuthorisedUser] = Field(default_factory=list)
+
+    @field_validator("jpeg_qualities")
+    @classmethod
+    def _qualities(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= q <= 100 for q in value):
+            raise ValueError(f"got {value}; JPEG qualities lie in [1, 100]")
+        return value
+
+
 class Resources(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU share of each simulated node")
     num_gpus: float = Field(0.0, ge=0, le=1, description="GPU share of each node (0 on a CPU machine)")
@@ -191,13 +265,15 @@ class Scenario(Strict):
     seed: int = 0
     dataset: Dataset = PhotosDataset()
     backbone: Backbone = Backbone()
-    pretrain: Training
-    reconstructor: Reconstructor
+    # The Deep Poisoning parties; pretrain, reconstructor, dpm and refine are required with entities.
+    pretrain: Training | None = None
+    reconstructor: Reconstructor | None = None
     leader: str | None = Field(None, description="entity that pre-trains F, C and R (default: the first)")
-    entities: list[Entity] = Field(min_length=1)
-    dpm: DPMTraining
-    refine: Training
+    entities: list[Entity] = Field(default_factory=list)
+    dpm: DPMTraining | None = None
+    refine: Training | None = None
     collaboration: list[Row] = Field(default_factory=list)
+    data_owner: DataOwner | None = Field(None, description="the sparse-codes data owner and its users")
     resources: Resources = Resources()
     timeouts: Timeouts = Timeouts()
 
@@ -367,6 +443,110 @@ def _semantic_problems(data: dict[str, Any]) -> list[Problem]:
         if row.label in seen:
             problems.append(Problem(f"collaboration[{i}].label", f"duplicate row label {row.label!r}"))
         seen.add(row.label)
+    return problems + _party_problems(data) + _data_owner_problems(data)
+
+
+def _int(mapping: Any, key: str) -> int | None:
+    """mapping[key] when it is an int (not a bool), else None: a check skips operands that are malformed
+    (the structural pass reports those)."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+DPM_SECTIONS = ("pretrain", "reconstructor", "dpm", "refine")
+
+
+def _party_problems(data: dict[str, Any]) -> list[Problem]:
+    """Which parties a scenario has: entities (with their DPM sections), a data owner, or both."""
+    problems = []
+    entities, owner = data.get("entities"), data.get("data_owner")
+    if isinstance(entities, list) and entities:
+        for section in DPM_SECTIONS:
+            if data.get(section) is None:
+                problems.append(Problem(section, "field required when the scenario has entities"))
+    elif owner is None and (entities is None or entities == []):
+        what = "got an empty list; expected" if entities == [] else "expected"
+        problems.append(Problem("entities", f"{what} at least 1 entity, or a data_owner section"))
+    if entities in (None, []) and data.get("collaboration"):
+        problems.append(Problem("collaboration", "a collaboration table needs entities"))
+    return problems
+
+
+def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
+    """Cross-field checks of the data_owner section: k <= m, k_small <= k < k' <= m, the sweep, the
+    network's strides, the grants, and party names."""
+    owner = data.get("data_owner")
+    if not isinstance(owner, dict):
+        return []
+    problems = []
+    at = "data_owner"
+    ae = owner.get("autoencoder") if isinstance(owner.get("autoencoder"), dict) else {}
+    m, k_train = _int(ae, "code_length"), _int(ae, "k")
+    k, k_small, k_prime = _int(owner, "k"), _int(owner, "k_small"), _int(owner, "k_prime")
+    if m is not None and k_train is not None and k_train > m:
+        problems.append(Problem(f"{at}.autoencoder.k", f"k={k_train} is more than code_length m={m}"))
+    if m is not None and k is not None and k > m:
+        problems.append(Problem(f"{at}.k", f"k={k} is more than the autoencoder's code_length m={m}"))
+    if k is not None and k_small is not None and k_small > k:
+        problems.append(Problem(f"{at}.k_small", f"k_small={k_small} is more than k={k}"))
+    if k is not None and k_prime is not None and k_prime <= k:
+        problems.append(
+            Problem(f"{at}.k_prime", f"k_prime={k_prime} must be more than k={k} (k' - k fakes are added)")
+        )
+    if m is not None and k_prime is not None and k_prime > m:
+        problems.append(Problem(f"{at}.k_prime", f"k_prime={k_prime} is more than code_length m={m}"))
+    sweep = owner.get("sweep_k")
+    for j, value in enumerate(sweep if isinstance(sweep, list) else []):
+        if m is not None and isinstance(value, int) and not 1 <= value <= m:
+            problems.append(Problem(f"{at}.sweep_k[{j}]", f"k={value} is outside [1, code_length m={m}]"))
+    widths, strides = ae.get("widths"), ae.get("strides")
+    if isinstance(widths, list) and isinstance(strides, list) and len(widths) != len(strides):
+        problems.append(
+            Problem(f"{at}.autoencoder.strides", f"{len(strides)} strides for {len(widths)} widths")
+        )
+    size = _int(owner, "image_size")
+    if size is not None and isinstance(strides, list) and all(isinstance(v, int) and v >= 1 for v in strides):
+        down = 1
+        for v in strides:
+            down *= v
+        if size % down:
+            problems.append(
+                Problem(f"{at}.image_size", f"{size} is not divisible by the product of the strides ({down})")
+            )
+
+    dataset = data.get("dataset", {"kind": "photos"})
+    n_images = None
+    if isinstance(dataset, dict) and dataset.get("kind", "photos") == "photos":
+        try:
+            photos = PhotosDataset.model_validate(dataset)
+            n_images = photos.task_classes * photos.test_per_class
+        except ValidationError:
+            pass  # reported by the structural pass
+    entity_names = {e.get("name") for e in data.get("entities") or [] if isinstance(e, dict)}
+    owner_name = owner.get("name", "owner")
+    if owner_name in entity_names:
+        problems.append(Problem(f"{at}.name", f"{owner_name!r} is already an entity's name"))
+    seen: set[str] = set()
+    for i, user in _well_formed(AuthorisedUser, owner.get("users")):
+        if user.name in entity_names or user.name == owner_name or user.name in seen:
+            what = (
+                "an entity's"
+                if user.name in entity_names
+                else "the data owner's"
+                if user.name == owner_name
+                else "another user's"
+            )
+            problems.append(Problem(f"{at}.users[{i}].name", f"{user.name!r} is already {what} name"))
+        seen.add(user.name)
+        for j, index in enumerate(user.grant):
+            if n_images is not None and index >= n_images:
+                problems.append(
+                    Problem(
+                        f"{at}.users[{i}].grant[{j}]",
+                        f"image {index} does not exist; the owner has {n_images} test images "
+                        "(dataset.task_classes x dataset.test_per_class)",
+                    )
+                )
     return problems
 
 

@@ -14,10 +14,11 @@ import torch
 from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from entities.data_owner import KEY_FILE
 from simulator import node
 from simulator.courier import Courier, Task, pack
 from simulator.rundir import RunDir, write_atomic
-from simulator.schema import STAGES, Scenario
+from simulator.schema import DATA_OWNER_STAGES, DPM_STAGES, STAGES, Scenario
 
 NETS_FILE = "nets.pt"
 Log = Callable[[str], None]
@@ -30,6 +31,7 @@ class Driver:
         self.log = log
         self.courier = Courier(grid, run, timeout=self.scenario.timeouts.stage_seconds, log=log)
         self.parties = node.parties(self.scenario)
+        self.entities = [e.name for e in self.scenario.entities]
 
     def task(self, party: str, stage: str, *, key: str = "", arrays: Any = None, **config: Any) -> Task:
         content = pack(arrays=arrays, config={"run_dir": str(self.run.root), "party": party, **config})
@@ -43,12 +45,25 @@ class Driver:
             if self.run.stage_done(stage):
                 self.log(f"[bold]{stage}[/]: done in an earlier attempt, skipped")
                 continue
+            absent = self._absent(stage)
+            if absent:
+                self.run.mark_stage(stage, status="done", wall_s=0.0, skipped=absent)
+                self.log(f"[bold]{stage}[/]: skipped ({absent})")
+                continue
             t0 = time.monotonic()
             self.log(f"[bold]{stage}[/]: started")
             getattr(self, stage)()
             wall = time.monotonic() - t0
             self.run.mark_stage(stage, status="done", wall_s=wall)
             self.log(f"[bold]{stage}[/]: finished in {wall:.1f} s")
+
+    def _absent(self, stage: str) -> str:
+        """Why a stage has no work in this scenario ("" when it has)."""
+        if stage in DPM_STAGES and not self.entities:
+            return "the scenario has no entities"
+        if stage in DATA_OWNER_STAGES and self.scenario.data_owner is None:
+            return "the scenario has no data owner"
+        return ""
 
     def _run_tasks(self, stage: str, tasks: list[Task], on_reply: Callable[[Task, RecordDict], None]) -> None:
         total, done = len(tasks), 0
@@ -71,7 +86,7 @@ class Driver:
             n = content.metric_records["metrics"]["n_train"]
             records.append(_record("partitions", None, task.party, task.party, "n_train", n))
 
-        self._run_tasks("prepare", [self.task(p, "prepare") for p in self.parties], on_reply)
+        self._run_tasks("prepare", [self.task(p, "prepare") for p in self.entities], on_reply)
         self.run.write_results("prepare", records)
 
     def pretrain(self) -> None:
@@ -140,7 +155,8 @@ class Driver:
                 )
 
         tasks = [
-            self.task(p, "poison", arrays=arrays, publish_original=p in wanted_original) for p in self.parties
+            self.task(p, "poison", arrays=arrays, publish_original=p in wanted_original)
+            for p in self.entities
         ]
         self._run_tasks("poison", tasks, on_reply)
         self.run.write_results("poison", records)
@@ -175,6 +191,66 @@ class Driver:
             )
 
         self._run_tasks("refine", tasks, on_reply)
+
+    def codes(self) -> None:
+        """The data owner publishes ambiguated codes and issues keys; its measurements become records."""
+        owner = self.scenario.data_owner
+        assert owner is not None  # _absent skips this stage otherwise
+        records: list[dict[str, Any]] = []
+
+        def on_reply(task: Task, content: RecordDict) -> None:
+            for name, value in _scalar_metrics(task, content).items():
+                table, label, metric = name.split(node.METRIC_SEP)
+                records.append(_record(table, None, label, task.party, metric, value))
+            config = content.config_records["config"]
+            now = round(time.time(), 3)
+            for item in config["published"]:  # type: ignore[union-attr]
+                file, shape, dtype, digest = str(item).split(":")
+                event = {"t": now, "type": "public.publish", "sender": task.party, "receiver": "public"}
+                shape_list = [int(s) for s in shape.split("x")] if shape else None
+                self.run.audit({**event, "file": file, "shape": shape_list, "dtype": dtype, "sha256": digest})
+            for item in config["issued"]:  # type: ignore[union-attr]
+                user, n_images, digest = str(item).split(":")
+                # What was issued to whom, and the key file's digest: never the key bits.
+                self.run.audit(
+                    {
+                        "t": now,
+                        "type": "key.issue",
+                        "sender": task.party,
+                        "receiver": user,
+                        "file": str((node.keys_dir(self.run, user) / KEY_FILE).relative_to(self.run.root)),
+                        "n_images": int(n_images),
+                        "sha256": digest,
+                    }
+                )
+
+        self._run_tasks("codes", [self.task(owner.name, "codes")], on_reply)
+        self.run.write_results("codes", records)
+
+    def access(self) -> None:
+        """Each authorised user reconstructs the images it holds keys for, and is refused the others."""
+        owner = self.scenario.data_owner
+        assert owner is not None
+        records: list[dict[str, Any]] = []
+
+        def on_reply(task: Task, content: RecordDict) -> None:
+            for metric, value in _scalar_metrics(task, content).items():
+                records.append(_record("access", None, task.party, task.party, metric, value))
+
+        self._run_tasks("access", [self.task(u.name, "access") for u in owner.users], on_reply)
+        self.run.write_results("access", records)
+
+
+def _scalar_metrics(task: Task, content: RecordDict) -> dict[str, float]:
+    """A reply's metrics, each a single number (a list could carry a key or a code: refused)."""
+    out = {}
+    for name, value in content.metric_records["metrics"].items():
+        if not isinstance(value, int | float):
+            raise ValueError(
+                f"{task.party} replied a non-scalar metric {name!r}; only numbers may leave a party"
+            )
+        out[name] = float(value)
+    return out
 
 
 def _row_unit(index: int) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from simulator.schema import load_scenario
 
@@ -264,8 +265,20 @@ def _node_failure_resume(runs: Runs) -> BrokenResume:
     return _broken_resume(runs, "node_failure_resume", lose_partition)
 
 
+def _owner_only_run(runs: Runs) -> Path:
+    """The smoke scenario's data owner and users alone: no entities, so the DPM stages are skipped."""
+    data = yaml.safe_load(SMOKE.read_text())
+    for section in ("pretrain", "reconstructor", "entities", "dpm", "refine", "collaboration", "backbone"):
+        data.pop(section, None)
+    data["name"] = "owner-only"
+    path = runs.root / "owner-only.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return _finished(runs.run("owner_only_run", [str(path), "--out", str(runs.root / "owner_only_run")]))
+
+
 JOBS: dict[str, Callable[[Runs], Any]] = {
     "smoke_run": _smoke_run,
+    "owner_only_run": _owner_only_run,
     "repeat_run": _repeat_run,
     "killed_run": _killed_run,
     "corrupt_resume": _corrupt_resume,
@@ -289,6 +302,12 @@ def veil_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def smoke_run(veil_runs: Runs) -> Path:
     """The run directory of one uninterrupted `veil run scenarios/smoke.yaml`. Read it, never change it."""
     return veil_runs.result("smoke_run")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def owner_only_run(veil_runs: Runs) -> Path:
+    """A run of the smoke scenario's data owner and users only (no entities)."""
+    return veil_runs.result("owner_only_run")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

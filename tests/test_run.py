@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from conftest import BROKEN_PARTY, CORRUPT_SHARD, EARLIER_STAGES, BrokenResume, KilledRun
 
+from simulator.node import parties as all_parties
 from simulator.pool import CorruptShard, Pool
 from simulator.rundir import RunDir
 from simulator.schema import STAGES, PhotosDataset, Scenario, load_scenario
@@ -22,6 +23,8 @@ Key = tuple[str, Any, str, str, str]
 SHARED_NETS = {"featurizer", "decider", "reconstructor"}
 PRIVATE_FILES = {"partition.npz", "dpm.pt"}
 T12 = ("table1", "table2")
+# Audit events that record a file written (to the pool, the public directory, a user's keys), not a message.
+FILE_EVENTS = {"pool.publish", "public.publish", "key.issue"}
 
 
 def metrics(run_dir: Path) -> dict[Key, float]:
@@ -51,7 +54,7 @@ def is_image_batch(shape: list[int], patch: int) -> bool:
 
 
 def message_events(run_dir: Path) -> list[dict[str, Any]]:
-    return [e for e in RunDir(run_dir).audit_events() if e["type"] != "pool.publish"]
+    return [e for e in RunDir(run_dir).audit_events() if e["type"] not in FILE_EVENTS]
 
 
 def test_smoke_end_to_end(smoke_run: Path) -> None:
@@ -83,7 +86,9 @@ def test_smoke_end_to_end(smoke_run: Path) -> None:
         assert 0 <= got["top1"] <= 100 and 0 <= got["top5"] <= 100, row.label
         assert got["top1"] <= got["top5"], row.label
         # A row trains on exactly the data it names: own images or features, the others' shards.
-        assert got["n_train"] == sum(n_train[s.of] for s in row.sources()), row.label
+        # (features of mirror images come along when the scenario shares them)
+        copies = 1 if row.trains_from_raw or not scenario.dpm.share_mirrored else 2
+        assert got["n_train"] == copies * sum(n_train[s.of] for s in row.sources()), row.label
     # Tables 1 and 2: every party's DPM measured on original and poisoned features.
     measured = {(r["table"], r["label"], r["entity"], r["metric"]) for r in records if r["table"] in T12}
     assert measured == {
@@ -97,7 +102,7 @@ def test_smoke_end_to_end(smoke_run: Path) -> None:
     poisoned = {s["owner"]: s for s in pool_manifest["shards"] if s["name"] == "poisoned"}
     assert set(poisoned) == set(parties)
     for party in parties:
-        assert poisoned[party]["shape"][0] == n_train[party]
+        assert poisoned[party]["shape"][0] == n_train[party] * (2 if scenario.dpm.share_mirrored else 1)
         for name in PRIVATE_FILES:
             assert (run.private_dir(party) / name).is_file(), (party, name)
     assert [info.owner for info in Pool(run.pool_dir).verify()]  # every shard matches its digest
@@ -142,7 +147,8 @@ def test_killed_during_refine_then_resumed(killed_run: KilledRun, smoke_run: Pat
 def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
     run = RunDir(smoke_run)
     scenario = run.scenario()
-    parties = {e.name for e in scenario.entities}
+    entities = {e.name for e in scenario.entities}
+    parties = set(all_parties(scenario))  # the data owner and its users too
     assert isinstance(scenario.dataset, PhotosDataset)
     patch = scenario.dataset.patch
     dpm = torch.load(run.private_dir("E1") / "dpm.pt", weights_only=True)
@@ -192,7 +198,10 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
             continue
         rel = path.relative_to(run.root).parts
         if rel[0] == "parties":
-            assert len(rel) == 4 and rel[1] in parties and rel[2] == "private", rel
+            assert rel[1] in parties, rel
+            if rel[1] not in entities:
+                continue  # the data owner's and its users' files: tests/test_ambiguation.py
+            assert len(rel) == 4 and rel[2] == "private", rel
             assert rel[3] in PRIVATE_FILES, rel
         else:
             assert rel[-1] not in PRIVATE_FILES, rel

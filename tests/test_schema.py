@@ -283,3 +283,129 @@ SCENARIOS = sorted(ROOT.glob("scenarios/**/*.yaml"))
 @pytest.mark.parametrize("path", SCENARIOS, ids=[str(p.relative_to(ROOT)) for p in SCENARIOS])
 def test_repository_scenario_validates(path, capsys):
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+# --- the data owner -------------------------------------------------------------------------
+
+OWNER: dict[str, Any] = {
+    "image_size": 32,
+    "autoencoder": {"maps": 4, "code_length": 64, "k": 32, "widths": [8, 8], "strides": [2, 2]},
+    "training": {"epochs": 1, "lr": 0.005, "optimizer": "adam"},
+    "k": 16,
+    "k_small": 8,
+    "k_prime": 32,
+    "sampler": "empirical",
+    "sweep_k": [8, 16, 32],
+    "jpeg_qualities": [10, 50],
+    "users": [{"name": "alice", "grant": [0, 1]}, {"name": "bob", "grant": [5]}],
+}
+OWNER_ONLY: dict[str, Any] = {
+    "name": "owner-only",
+    "dataset": {"kind": "photos", "task_classes": 5, "test_per_class": 4},
+    "data_owner": OWNER,
+}
+
+
+def with_owner(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """BASE (or `base`) with the data owner, and the value at `path` set (or removed, for DELETE)."""
+    data = copy.deepcopy(base or {**BASE, "data_owner": OWNER})
+    *parents, last = _keys(path)
+    node: Any = data
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+def test_data_owner_scenarios_validate():
+    both = parse_scenario(with_owner("seed", 7))
+    assert both.data_owner is not None and both.data_owner.name == "owner"
+    assert [u.name for u in both.data_owner.users] == ["alice", "bob"]
+    alone = parse_scenario(copy.deepcopy(OWNER_ONLY))
+    assert alone.entities == [] and alone.pretrain is None and alone.dpm is None
+    assert alone.data_owner is not None and alone.data_owner.sampler == "empirical"
+    assert parse_scenario(copy.deepcopy(BASE)).data_owner is None  # optional
+    # the resolved YAML of an owner-only scenario validates to the same scenario
+    assert Scenario.model_validate(yaml.safe_load(alone.resolved_yaml())) == alone
+
+
+OWNER_CASES = [
+    case("k-above-m", "data_owner.k", 65, "k=65 is more than", "m=64"),
+    case("train-k-above-m", "data_owner.autoencoder.k", 100, "k=100 is more than code_length m=64"),
+    case("k-prime-below-k", "data_owner.k_prime", 12, "k_prime=12 must be more than k=16"),
+    case("k-prime-equal-k", "data_owner.k_prime", 16, "must be more than k=16"),
+    case("k-prime-above-m", "data_owner.k_prime", 70, "k_prime=70 is more than code_length m=64"),
+    case("k-small-above-k", "data_owner.k_small", 20, "k_small=20 is more than k=16"),
+    case("sweep-k-outside", "data_owner.sweep_k", [8, 0, 65], "k=0", where="data_owner.sweep_k[1]"),
+    case("sweep-k-above-m", "data_owner.sweep_k", [8, 65], "k=65 is outside", where="data_owner.sweep_k[1]"),
+    case("bad-sampler", "data_owner.sampler", "uniform", "'uniform'", "'ctg'"),
+    case("bad-jpeg-quality", "data_owner.jpeg_qualities", [0, 50], "[1, 100]"),
+    case("strides-widths-differ", "data_owner.autoencoder.strides", [2], "1 strides for 2 widths"),
+    case("image-size-indivisible", "data_owner.image_size", 30, "not divisible", "(4)"),
+    case(
+        "grant-out-of-range",
+        "data_owner.users[1].grant",
+        [5, 1200],
+        "image 1200 does not exist",
+        "1200 test",
+        where="data_owner.users[1].grant[1]",
+    ),
+    case("grant-negative", "data_owner.users[0].grant", [-1], "non-negative"),
+    case("grant-twice", "data_owner.users[0].grant", [1, 1], "granted twice"),
+    case("grant-empty", "data_owner.users[0].grant", [], "at least 1"),
+    case("user-is-entity", "data_owner.users[0].name", "E2", "'E2' is already an entity's name"),
+    case("user-is-owner", "data_owner.users[1].name", "owner", "the data owner's name"),
+    case("user-twice", "data_owner.users[1].name", "alice", "another user's name"),
+    case("owner-is-entity", "data_owner.name", "E1", "already an entity's name"),
+    case("unknown-owner-key", "data_owner.kprime", 3, "did you mean 'k_prime'"),
+    case("missing-autoencoder", "data_owner.autoencoder", DELETE, "required"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "where", "words"), OWNER_CASES)
+def test_malformed_data_owner_is_refused(tmp_path, capsys, path, value, where, words):
+    assert main(["validate", write(tmp_path, with_owner(path, value))]) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = [line for line in problem_lines(err) if line.startswith(f"  {where}: ")]
+    assert lines, f"no problem reported at {where!r}:\n{err}"
+    for word in words:
+        assert any(word in line for line in lines), f"{word!r} not said at {where!r}:\n{err}"
+
+
+def test_entities_need_their_sections_and_some_party_is_needed():
+    data = copy.deepcopy(BASE)
+    for section in ("pretrain", "reconstructor", "dpm", "refine"):
+        del data[section]
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(data)
+    assert sorted(str(p) for p in caught.value.problems) == sorted(
+        f"{s}: field required when the scenario has entities"
+        for s in ("pretrain", "reconstructor", "dpm", "refine")
+    )
+    for entities in ([], DELETE):
+        nobody = with_owner("data_owner", DELETE, base={**OWNER_ONLY, "entities": []})
+        if entities is DELETE:
+            del nobody["entities"]
+        with pytest.raises(ScenarioError) as caught:
+            parse_scenario(nobody)
+        assert [p.path for p in caught.value.problems] == ["entities"]
+        assert "at least 1 entity, or a data_owner" in caught.value.problems[0].message
+    rows = with_owner("collaboration", BASE["collaboration"], base=OWNER_ONLY)
+    with pytest.raises(ScenarioError, match="collaboration: a collaboration table needs entities"):
+        parse_scenario(rows)
+
+
+def test_owner_problems_are_reported_with_the_others(tmp_path, capsys):
+    data = with_owner("data_owner.k", 65)
+    data["data_owner"]["k_prime"] = 8
+    data["entities"][1]["fraction"] = "lots"
+    data["data_owner"]["users"][0]["name"] = "E1"
+    assert main(["validate", write(tmp_path, data)]) == EXIT_INVALID
+    where = sorted(line.split(": ")[0].strip() for line in problem_lines(capsys.readouterr().err))
+    assert where == sorted(
+        ["entities[1].fraction", "data_owner.k", "data_owner.k_prime", "data_owner.users[0].name"]
+    )
