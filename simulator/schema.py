@@ -45,7 +45,7 @@ class PhotosDataset(Strict):
         None, ge=1, description="training patches per public class (D_q); default train_per_class"
     )
     layout: Literal["halves", "tiles"] = Field(
-        "halves", description="train/test regions per photo: two halves, or interleaved tiles (see entities.data)"
+        "halves", description="train/test regions of each photo: two halves, or interleaved tiles"
     )
     jitter: float = Field(
         0.0, ge=0, le=1, description="per-patch contrast/brightness/colour changes (see entities.data.jitter)"
@@ -480,7 +480,8 @@ def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
         return []
     problems = []
     at = "data_owner"
-    ae = owner.get("autoencoder") if isinstance(owner.get("autoencoder"), dict) else {}
+    raw_ae = owner.get("autoencoder")
+    ae: dict[str, Any] = raw_ae if isinstance(raw_ae, dict) else {}
     m, k_train = _int(ae, "code_length"), _int(ae, "k")
     k, k_small, k_prime = _int(owner, "k"), _int(owner, "k_small"), _int(owner, "k_prime")
     if m is not None and k_train is not None and k_train > m:
