@@ -284,7 +284,7 @@ def owner_images(scenario: Any) -> TaskData:
     entities' are but at the owner's image size."""
     spec = scenario.dataset
     if spec.kind != "photos":
-        raise NotImplementedError(
+        raise ValueError(
             f"dataset.kind {spec.kind!r}: the data owner runs only on the built-in 'photos' dataset in this "
             "version of Veil; the local image-folder loader is not implemented yet"
         )

@@ -84,16 +84,20 @@ class SharedNets:
 def empty_nets(scenario: Any, num_classes: int) -> SharedNets:
     """Untrained F, C, R of the scenario's shapes, to load shared weights into."""
     featurizer, decider = build_classifier(scenario.backbone.name, scenario.backbone.split, num_classes)
-    channels = feature_shape(featurizer, image_size(scenario))[0]
+    reconstructor = new_reconstructor(scenario, feature_shape(featurizer, image_size(scenario))[0])
+    return SharedNets(featurizer, decider, reconstructor)
+
+
+def new_reconstructor(scenario: Any, channels: int) -> nn.Module:
+    """An untrained R of the scenario's shape for features with `channels` channels."""
     r = scenario.reconstructor
-    reconstructor = build_reconstructor(
+    return build_reconstructor(
         channels,
         scenario.backbone.split,
         width=r.width,
         blocks_per_upscale=r.blocks_per_upscale,
         output=r.output,
     )
-    return SharedNets(featurizer, decider, reconstructor)
 
 
 def load_nets(scenario: Any, num_classes: int, states: dict[str, StateDict]) -> SharedNets:
@@ -141,20 +145,12 @@ def train_reconstructor(
     featurizer = featurizer.to(dev).eval()
     x = to_float(public.images)
     feats = apply(lambda b: featurizer(b.to(dev)), x)
-    channels = feats.shape[1]
-    r = scenario.reconstructor
-    recon = build_reconstructor(
-        channels,
-        scenario.backbone.split,
-        width=r.width,
-        blocks_per_upscale=r.blocks_per_upscale,
-        output=r.output,
-    ).to(dev)
+    recon = new_reconstructor(scenario, feats.shape[1]).to(dev)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
         return l1(recon(feats[index].to(dev)), x[index].to(dev)).mean()
 
-    fit(recon.parameters(), recipe=r.training, n=len(x), loss_fn=loss, seed=seed)
+    fit(recon.parameters(), recipe=scenario.reconstructor.training, n=len(x), loss_fn=loss, seed=seed)
     featurizer.cpu()
     return recon.eval().cpu()
 
