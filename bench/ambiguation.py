@@ -12,15 +12,10 @@ rate-distortion plot, written to <run>/plots/rd_curve.png) is printed first.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runs import run_to_check  # bench/runs.py; it also puts the repo on sys.path
 
 from reports.tables import records, render_report  # noqa: E402
 
@@ -52,35 +47,8 @@ def checks(df: pd.DataFrame) -> list[tuple[str, bool, str]]:
     return out
 
 
-def latest(runs: Path, name: str) -> Path:
-    found = sorted(runs.glob(f"{name}-*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit(f"no {name} run under {runs}")
-    return found[-1].parent
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--run", help="a run directory, or 'latest' for the newest ambiguation run in runs/")
-    group.add_argument("--scenario", help="run this scenario first, then check it")
-    parser.add_argument("--out", default=str(ROOT / "runs"), help="where runs go (default: runs/)")
-    args = parser.parse_args(argv)
-
-    if args.scenario:
-        from simulator.launcher import start_run
-        from simulator.schema import load_scenario
-
-        t0 = time.monotonic()
-        run_dir = start_run(load_scenario(args.scenario), out=Path(args.out))
-        print(f"ran {args.scenario} in {time.monotonic() - t0:.0f} s: {run_dir}")
-    elif args.run == "latest":
-        run_dir = latest(Path(args.out), "ambiguation")
-    else:
-        run_dir = Path(args.run)
-
+    run_dir = run_to_check(__doc__, "ambiguation", argv)
     print(render_report(run_dir))
     print()
     failed = 0

@@ -9,16 +9,11 @@ Exit status 1 when any check fails. Table 5's checks use rows by position (1-12,
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runs import run_to_check  # bench/runs.py; it also puts the repo on sys.path
 
 from reports.tables import records, render_report  # noqa: E402
 
@@ -99,35 +94,8 @@ def checks(df: pd.DataFrame, small: set[str], leader: str) -> list[tuple[str, bo
     return out
 
 
-def latest(out: Path, name: str) -> Path:
-    runs = sorted(out.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise SystemExit(f"no {name} run under {out}/")
-    return runs[-1]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--run", help="a run directory, or 'latest'")
-    group.add_argument("--scenario", help="run this scenario first")
-    parser.add_argument("--out", default="runs")
-    args = parser.parse_args(argv)
-
-    if args.scenario:
-        from simulator.launcher import start_run
-        from simulator.schema import load_scenario
-
-        t0 = time.monotonic()
-        run_dir = start_run(load_scenario(args.scenario), out=Path(args.out))
-        print(f"wall time including Ray start-up: {time.monotonic() - t0:.1f} s")
-    elif args.run == "latest":
-        run_dir = latest(Path(args.out), "collab-10-1")
-    else:
-        run_dir = Path(args.run)
-
+    run_dir = run_to_check(__doc__, "collab-10-1", argv)
     print(render_report(run_dir))
     print("\nChecks against the paper's shape:")
     scenario = yaml.safe_load((run_dir / "scenario.yaml").read_text())
