@@ -23,7 +23,4 @@ test: $(STAMP)  ## the default test tier (under 15 minutes on 2 cores)
 	$(BIN)/ruff check simulator entities reports tests bench
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
-
-.PHONY: install demo smoke test test-slow
+.PHONY: install demo smoke test
