@@ -44,6 +44,17 @@ def _backend_config(scenario: Scenario, ray_address: str | None) -> dict[str, ob
     }
 
 
+class _KnownDeprecation(logging.Filter):
+    """Drop Flower's notice that `run_simulation` is deprecated: Veil uses it on purpose (an in-process
+    simulation with the server in this process); see FLOWER-NOTES.md."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+_KNOWN_DEPRECATION = _KnownDeprecation()
+
+
 def _simulate(run: RunDir, ray_address: str | None) -> None:
     import warnings
 
@@ -55,6 +66,7 @@ def _simulate(run: RunDir, ray_address: str | None) -> None:
     scenario = run.scenario()
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("flwr").addFilter(_KNOWN_DEPRECATION)  # added once: the same object
     failures: list[BaseException] = []
     _log(f"run [bold]{run.root}[/]")
     t0 = time.monotonic()

@@ -57,6 +57,15 @@ def _num_classes(task: Any) -> int:
     return len(task.task_train.classes)
 
 
+def _own_raw_seed(scenario: Scenario, party: str) -> int:
+    """The seed of a classifier trained on a party's own raw images alone.
+
+    The leader's pre-training and its "own raw images" table row share it, so that row is the very
+    classifier the leader shared (retrained bit for bit), and the rows refined from its C compare with it.
+    """
+    return E.derive_seed(scenario.seed + scenario.entity(party).seed_offset, "own:raw", party)
+
+
 def prepare(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> RecordDict:
     """Load this party's private partition of D_p and keep it in its private directory."""
     task = E.load_task_data(scenario)
@@ -74,7 +83,7 @@ def pretrain(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -
     """The leader trains F+C on its own images and R on the public set; F, C, R go back to the server."""
     task = E.load_task_data(scenario)
     images, labels = _own_partition(run, party)
-    seed = E.derive_seed(scenario.seed, "pretrain", party)
+    seed = _own_raw_seed(scenario, party)
     t0 = time.monotonic()
     featurizer, decider = E.train_classifier(scenario, images, labels, _num_classes(task), seed=seed)
     t1 = time.monotonic()
@@ -155,7 +164,10 @@ def refine(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> 
     row = scenario.collaboration[index]
     if row.entity != party:
         raise ValueError(f"row {row.label!r} belongs to {row.entity}, not to {party}")
-    seed = E.derive_seed(scenario.seed, "refine", row.label)
+    if [(s.kind, s.of) for s in row.sources()] == [("raw", party)]:
+        seed = _own_raw_seed(scenario, party)
+    else:
+        seed = E.derive_seed(scenario.seed, "refine", row.label)
     if row.trains_from_raw:
         sources = row.sources()
         parts = [task.task_train if s.of == "all" else None for s in sources]

@@ -139,6 +139,7 @@ class RunDir:
         for path in (run.scenario_path, run.manifest_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; {root} is not a Veil run directory")
+        run._drop_torn_audit_line()
         return run
 
     def scenario(self) -> Scenario:
@@ -186,6 +187,15 @@ class RunDir:
         """Append one event; only the server process writes the audit log."""
         with open(self.audit_path, "a") as fh:
             fh.write(json.dumps(event) + "\n")
+
+    def _drop_torn_audit_line(self) -> None:
+        """A run killed mid-write can leave half an audit line; drop it so that resumed events parse."""
+        if not self.audit_path.exists():
+            return
+        data = self.audit_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.audit_path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
 
     def audit_events(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():

@@ -1,0 +1,25 @@
+"""The run directory on its own: what a killed run leaves behind must not spoil the resumed one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simulator.rundir import RunDir
+from simulator.schema import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_torn_audit_line_is_dropped_on_open(tmp_path: Path) -> None:
+    run = RunDir.create(load_scenario(ROOT / "scenarios" / "smoke.yaml"), tmp_path)
+    events = [{"type": "train.prepare", "sender": "server", "receiver": f"E{i}", "bytes": i} for i in (1, 2)]
+    for event in events:
+        run.audit(event)
+    whole = run.audit_path.read_bytes()
+    with open(run.audit_path, "ab") as fh:  # a SIGKILL in the middle of a write
+        fh.write(b'{"type": "train.pretr')
+
+    reopened = RunDir.open(run.root)
+    assert run.audit_path.read_bytes() == whole  # the finished lines are kept byte for byte
+    reopened.audit({"type": "train.pretrain", "sender": "server", "receiver": "E1", "bytes": 3})
+    assert [e["bytes"] for e in reopened.audit_events()] == [1, 2, 3]
