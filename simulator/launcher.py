@@ -96,5 +96,6 @@ def start_run(scenario: Scenario, *, out: Path, ray_address: str | None = None) 
 
 def resume_run(root: Path, *, ray_address: str | None = None) -> Path:
     run = RunDir.open(root)
+    run.drop_torn_audit_line()
     _simulate(run, ray_address)
     return run.root

@@ -139,7 +139,6 @@ class RunDir:
         for path in (run.scenario_path, run.manifest_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; {root} is not a Veil run directory")
-        run._drop_torn_audit_line()
         return run
 
     def scenario(self) -> Scenario:
@@ -188,8 +187,11 @@ class RunDir:
         with open(self.audit_path, "a") as fh:
             fh.write(json.dumps(event) + "\n")
 
-    def _drop_torn_audit_line(self) -> None:
-        """A run killed mid-write can leave half an audit line; drop it so that resumed events parse."""
+    def drop_torn_audit_line(self) -> None:
+        """A run killed mid-write can leave half an audit line; drop it so that resumed events parse.
+
+        Only for resuming: while a run is live, its server may be writing that line.
+        """
         if not self.audit_path.exists():
             return
         data = self.audit_path.read_bytes()

@@ -10,7 +10,7 @@ from simulator.schema import load_scenario
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_torn_audit_line_is_dropped_on_open(tmp_path: Path) -> None:
+def test_torn_audit_line_is_dropped_on_resume(tmp_path: Path) -> None:
     run = RunDir.create(load_scenario(ROOT / "scenarios" / "smoke.yaml"), tmp_path)
     events = [{"type": "train.prepare", "sender": "server", "receiver": f"E{i}", "bytes": i} for i in (1, 2)]
     for event in events:
@@ -20,6 +20,8 @@ def test_torn_audit_line_is_dropped_on_open(tmp_path: Path) -> None:
         fh.write(b'{"type": "train.pretr')
 
     reopened = RunDir.open(run.root)
+    assert reopened.audit_path.read_bytes().endswith(b"pretr")  # opening (as every node does) changes nothing
+    reopened.drop_torn_audit_line()  # what `veil run --resume` does first
     assert run.audit_path.read_bytes() == whole  # the finished lines are kept byte for byte
     reopened.audit({"type": "train.pretrain", "sender": "server", "receiver": "E1", "bytes": 3})
     assert [e["bytes"] for e in reopened.audit_events()] == [1, 2, 3]
