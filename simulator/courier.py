@@ -7,6 +7,7 @@ written to the run's audit log (type, sender, receiver, record names, array shap
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ POLL_SECONDS = 0.05
 
 class RunFailed(RuntimeError):
     """A stage could not finish: a node failed, timed out, or never registered."""
+
+
+_ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(reply: Message) -> str:
+    """A failed node's error, as plain text (Ray's remote tracebacks come coloured)."""
+    return _ANSI_COLOUR.sub("", reply.error.reason)
 
 
 def pack(
@@ -123,7 +132,7 @@ class Courier:
         for reply in replies:
             src = reply.metadata.src_node_id
             if reply.has_error():
-                raise RunFailed(f"node {src} failed to say who it is: {reply.error.reason}")
+                raise RunFailed(f"node {src} failed to say who it is: {_reason(reply)}")
             pid = int(reply.content.config_records["config"]["partition-id"])
             self._audit("query.whoami", f"node:{src}", SERVER, reply.content)
             by_partition[pid] = src
@@ -170,7 +179,7 @@ class Courier:
                 if reply.has_error():
                     raise RunFailed(
                         f"stage {stage!r}: node of {task.party} (id {self.nodes[task.party]}) failed"
-                        f"{' on ' + task.key if task.key else ''}: {reply.error.reason}"
+                        f"{' on ' + task.key if task.key else ''}: {_reason(reply)}"
                     )
                 self._audit(task.message_type, task.party, SERVER, reply.content, key=task.key)
                 on_reply(task, reply.content)

@@ -245,6 +245,7 @@ def test_node_failure_is_loud(node_failure_resume: BrokenResume) -> None:
     said = failure(resumed.output)
     assert f"stage 'refine': node of {BROKEN_PARTY}" in said, said[:3000]
     assert "partition.npz: missing" in said, said[:3000]
+    assert "\x1b[" not in said  # plain text, though Ray's remote traceback comes coloured
 
     run = RunDir(node_failure_resume.run_dir)
     assert not run.stage_done("refine")
