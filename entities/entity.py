@@ -165,7 +165,13 @@ def freeze(*modules: nn.Module) -> None:
 def train_dpm(
     scenario: Any, entity: Any, nets: SharedNets, images: np.ndarray, labels: np.ndarray, *, seed: int
 ) -> nn.Module:
-    """P minimises CE(C(P(F(x))), y) + lambda * SSIM(R(P(F(x))), x) with F, C, R frozen."""
+    """P minimises task(P) + lambda * SSIM(R(P(F(x))), x) with F, C, R frozen.
+
+    The task term is the paper's CE(C(P(F(x))), y), or with `dpm.objective: distill` the KL divergence
+    from C's predictions on the original features, KL(C(F(x)) || C(P(F(x)))). CE lets P learn the task
+    on top of C, so C already fits the poisoned features and the pool has little left to teach it
+    (bench/pool_signal.py); distillation keeps P(F(x)) exactly as useful to C as F(x).
+    """
     dev = device()
     torch.manual_seed(seed)
     freeze(nets.featurizer, nets.decider, nets.reconstructor)
@@ -174,12 +180,19 @@ def train_dpm(
     feats = apply(lambda b: featurizer(b.to(dev)), x)  # F is frozen: featurize once
     dpm = DPM(feats.shape[1], blocks=entity.dpm.blocks, width=entity.dpm.width).to(dev).train()
     cfg = scenario.dpm
+    if cfg.objective == "distill":
+        original = apply(lambda b: torch.softmax(decider(b.to(dev)), dim=1), feats)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
         poisoned = dpm(feats[index].to(dev))
-        ce = nn.functional.cross_entropy(decider(poisoned), y[index].to(dev))
+        logits = decider(poisoned)
+        if cfg.objective == "distill":
+            log_p = torch.log_softmax(logits, dim=1)
+            task = nn.functional.kl_div(log_p, original[index].to(dev), reduction="batchmean")
+        else:
+            task = nn.functional.cross_entropy(logits, y[index].to(dev))
         similarity = ssim(recon(poisoned), x[index].to(dev)).mean()
-        return ce + cfg.lam * similarity
+        return task + cfg.lam * similarity
 
     fit(dpm.parameters(), recipe=cfg, n=len(x), loss_fn=loss, seed=seed)
     for m in (featurizer, decider, recon):

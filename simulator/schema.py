@@ -106,6 +106,13 @@ class DPMShape(Strict):
 
 class DPMTraining(Training):
     lam: float = Field(alias="lambda", gt=0, description="weight of SSIM(R(P(F(x))), x) in the loss")
+    objective: Literal["ce", "distill"] = Field(
+        "ce",
+        description=(
+            "the task term: 'ce' is the paper's CE(C(P(F(x))), y); 'distill' is KL(C(F(x)) || C(P(F(x)))), "
+            "functional equivalence to the original features, which leaves the pool something to teach C"
+        ),
+    )
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "adam"
     share_mirrored: bool = Field(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from entities.entity import train_decider
+from entities.entity import empty_nets, train_decider, train_dpm
 from entities.nets import build_classifier
+from simulator.schema import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_refining_the_decider_keeps_its_batchnorm_statistics() -> None:
@@ -27,3 +33,23 @@ def test_refining_the_decider_keeps_its_batchnorm_statistics() -> None:
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
     assert any(not torch.equal(before[k], after[k]) for k in weights)  # it did train
     assert not refined.training and not any(m.training for m in refined.modules() if isinstance(m, nn.Module))
+
+
+@pytest.mark.parametrize("objective", ["ce", "distill"])
+def test_dpm_objective_decides_whether_labels_are_used(objective: str) -> None:
+    """CE fits P to the labels; distillation matches C's predictions on F(x) and never reads a label."""
+    smoke = load_scenario(ROOT / "scenarios" / "smoke.yaml")
+    dpm_cfg = smoke.dpm.model_copy(update={"objective": objective, "min_steps": 3, "epochs": 1})
+    scenario = smoke.model_copy(update={"dpm": dpm_cfg})
+    torch.manual_seed(0)
+    nets = empty_nets(scenario, num_classes=3)
+    images = np.random.default_rng(0).integers(0, 256, size=(12, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(12) % 3
+
+    def trained(y: np.ndarray) -> dict[str, torch.Tensor]:
+        dpm = train_dpm(scenario, scenario.entities[0], nets, images, y, seed=1)
+        return dpm.state_dict()
+
+    a, b = trained(labels), trained((labels + 1) % 3)
+    same = all(torch.equal(a[k], b[k]) for k in a)
+    assert same == (objective == "distill")
