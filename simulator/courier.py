@@ -32,7 +32,7 @@ _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 def _reason(reply: Message) -> str:
     """A failed node's error, as plain text (Ray's remote tracebacks come coloured)."""
-    return _ANSI_COLOUR.sub("", reply.error.reason)
+    return _ANSI_COLOUR.sub("", reply.error.reason or "(no reason given)")
 
 
 def pack(
