@@ -494,32 +494,21 @@ def run_owner(
         rate_bpv_q8=sparse.rate_bpp_quantised(maps, m, k_small, pixels, VALUE_BITS),
     )
     records += _quality("ambiguated as is", x_test, _decode(model, ambiguated), k=k_prime)
-    guess = sparse.random_guess(ambiguated, k, torch.Generator().manual_seed(seed + 2))
-    records += _quality(
-        "random guess",
-        x_test,
-        _decode(model, ambiguated * guess),
-        support_recovery=sparse.support_recovery(guess, mask),
-        k=k,
-    )
-    attack = sparse.magnitude_attack(ambiguated, k)
-    records += _quality(
-        "magnitude attack",
-        x_test,
-        _decode(model, ambiguated * attack),
-        support_recovery=sparse.support_recovery(attack, mask),
-        k=k,
-    )
     # An attacker with the public network and public images of its own (D_q) estimates position usage.
     usage = sparse.supports(_encode(model, to_float(data.public_train.images), k)).float().mean(0)
-    prior = usage_prior_attack(ambiguated, usage, k)
-    records += _quality(
-        "usage-prior attack",
-        x_test,
-        _decode(model, ambiguated * prior),
-        support_recovery=sparse.support_recovery(prior, mask),
-        k=k,
+    attacks = (
+        ("random guess", sparse.random_guess(ambiguated, k, torch.Generator().manual_seed(seed + 2))),
+        ("magnitude attack", sparse.magnitude_attack(ambiguated, k)),
+        ("usage-prior attack", usage_prior_attack(ambiguated, usage, k)),
     )
+    for name, support in attacks:
+        records += _quality(
+            name,
+            x_test,
+            _decode(model, ambiguated * support),
+            support_recovery=sparse.support_recovery(support, mask),
+            k=k,
+        )
     for name, target in (("paper rate", rate), (f"{VALUE_BITS}-bit rate", rate_q8)):
         records += _jpeg_records(f"jpeg at {name}, whole file", x_test, jpeg_at_rate(x_test, target), target)
         records += _jpeg_records(
