@@ -205,8 +205,10 @@ def draw_crops(region: Box | Sequence[Box], count: int, patch: int, rng: np.rand
         tops, lefts = np.full(count, box.top), np.full(count, box.left)
         heights, widths = np.full(count, box.height), np.full(count, box.width)
     else:
-        area = np.array([b.height * b.width for b in boxes], dtype=np.float64)
-        pick = rng.choice(len(boxes), size=count, p=area / area.sum())
+        # systematic sampling: each box gets its share of the crops by area, in box order, so a photo's
+        # patches cover all of it and the partition can spread each entity over the whole photo
+        area = np.cumsum([b.height * b.width for b in boxes], dtype=np.float64)
+        pick = np.searchsorted(area / area[-1], (np.arange(count) + rng.random()) / count, side="right")
         tops, lefts, heights, widths = (np.array([getattr(boxes[i], f) for i in pick]) for f in Box._fields)
     top = tops + (rng.random(count) * (heights - side + 1)).astype(np.int64)
     left = lefts + (rng.random(count) * (widths - side + 1)).astype(np.int64)
@@ -383,7 +385,10 @@ def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list
 
     Stratified so that every entity sees every class in proportion: each class's count in a part is
     n_class * size / N rounded down or up, with the parts' sizes exact.  Where rounding up would make the
-    parts ask for more than N, a few sizes are rounded down instead.  Indices are sorted ascending.
+    parts ask for more than N, a few sizes are rounded down instead.  Within a class, a part's members
+    are spread evenly over the class's indices, which for the photos run across the whole photo: with a
+    few patches per class, an entity holding one corner of a photo would otherwise be 5-10 points worse
+    or better than another (measured on collab-10-1).  Indices are sorted ascending.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -411,10 +416,14 @@ def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list
 
     parts: list[list[np.ndarray]] = [[] for _ in sizes]
     for c, cls in enumerate(classes):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        bounds = np.concatenate([[0], np.cumsum(alloc[c])])
+        members = np.flatnonzero(labels == cls)
+        counts_c = np.append(alloc[c], len(members) - alloc[c].sum())  # the last "part" is what no one takes
+        # each part's k members sit at evenly spaced ranks of the class (random phase): a part spans the
+        # class's whole index order, which for the photos is where on the photo a patch was cut
+        ranks = np.concatenate([(np.arange(k) + rng.random()) / k for k in counts_c.tolist() if k])
+        owner = np.repeat(np.flatnonzero(counts_c), counts_c[counts_c > 0])[np.argsort(ranks, kind="stable")]
         for j in range(len(sizes)):
-            parts[j].append(members[bounds[j] : bounds[j + 1]])
+            parts[j].append(members[owner == j])
     return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
 
 

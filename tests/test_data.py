@@ -158,6 +158,14 @@ def test_draw_crops_stay_inside_their_region() -> None:
     assert np.array_equal(crops, draw_crops(region, 3000, 16, np.random.default_rng(0)))
 
 
+def test_draw_crops_share_several_boxes_by_area_in_box_order() -> None:
+    boxes = [Box(0, 0, 20, 20), Box(0, 30, 20, 40), Box(30, 0, 20, 20)]  # areas 1 : 2 : 1
+    crops = draw_crops(boxes, 101, 8, np.random.default_rng(3))
+    box_of = np.array([0 if left < 30 and top < 30 else 1 if left >= 30 else 2 for top, left, *_ in crops])
+    assert np.array_equal(box_of, np.sort(box_of))  # in box order: a part of the index order is a region
+    assert abs(np.bincount(box_of, minlength=3) - np.array([25.25, 50.5, 25.25])).max() < 1
+
+
 def test_no_pixel_of_a_test_patch_comes_from_outside_the_test_region(monkeypatch: pytest.MonkeyPatch) -> None:
     """Paint each photo 0 in its train region, 255 in its test region, 128 elsewhere: any leak shows."""
     real = data._photo
@@ -320,6 +328,20 @@ def test_partition_stratified_on_random_cases() -> None:
         everything = np.concatenate(parts)
         assert len(np.unique(everything)) == len(everything)
         _check_stratified(labels, parts)
+
+
+def test_partition_spreads_each_part_over_its_classes_order() -> None:
+    """A part's members of a class are evenly spaced along the class's indices (for the photos: over the
+    whole photo), not bunched; a random subset of 10 in 100 leaves a gap over 20 most of the time."""
+    labels = np.repeat(np.arange(3), 100)
+    for seed in range(20):
+        parts = partition(labels, [0.1, 0.1, 0.1, 0.05], seed=seed)
+        for p in parts:
+            for c in range(3):
+                rank = np.flatnonzero(labels == c)
+                pos = np.searchsorted(rank, p[labels[p] == c])
+                gaps = np.diff(np.concatenate([pos, [pos[0] + 100]]))  # around the circle
+                assert gaps.max() <= 2 * 100 / len(pos) + 2, (seed, c, pos)
 
 
 @pytest.mark.parametrize(
