@@ -13,7 +13,7 @@ EXIT_INVALID = 2
 
 def _validate(args: argparse.Namespace) -> int:
     try:
-        scenario = load_scenario(args.file)
+        scenario = load_scenario(args.file, args.set)
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
@@ -29,13 +29,18 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     try:
+        if args.resume and args.set:
+            print(
+                "veil run: --set cannot change a resumed run; it keeps its resolved scenario", file=sys.stderr
+            )
+            return EXIT_INVALID
         if args.resume:
             run_dir = resume_run(Path(args.resume), ray_address=args.ray_address)
         else:
             if not args.file:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
-            scenario = load_scenario(args.file)
+            scenario = load_scenario(args.file, args.set)
             run_dir = start_run(scenario, out=Path(args.out), ray_address=args.ray_address)
     except ScenarioError as err:
         print(err, file=sys.stderr)
@@ -54,16 +59,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field, e.g. --set dpm.objective=distill --set entities[1].fraction=0.2",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veil", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a scenario and print it resolved, or every error at once")
     p.add_argument("file")
+    _add_overrides(p)
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("run", help="run a scenario as a Flower simulation on Ray")
     p.add_argument("file", nargs="?")
+    _add_overrides(p)
     p.add_argument("--out", default="runs", help="where run directories go (default: runs/)")
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"

@@ -8,6 +8,7 @@ exist) are all reported together, each with its YAML path.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -573,8 +574,47 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     return scenario
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file. The scenario's name defaults to the file's stem."""
+def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> None:
+    """Set `a.b.c=VALUE` in place: VALUE read as YAML, list items by index (`entities[1].fraction=0.2`).
+
+    For sweeps without copying a scenario file; the run directory's resolved scenario records the result.
+    A key the schema does not know is still refused by validation, with its path.
+    """
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        where = f"--set {key or item}"
+        if not sep or not key:
+            problems.append(Problem(where, "expected KEY=VALUE, e.g. dpm.objective=distill"))
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            problems.append(Problem(where, f"the value {text!r} is not valid YAML"))
+            continue
+        parts = key.replace("[", ".").replace("]", "").split(".")  # entities[1].fraction as errors print it
+        node = data
+        for depth, part in enumerate(parts):
+            here = ".".join(parts[:depth]) or "(top level)"
+            index: int | str
+            if isinstance(node, dict):
+                index = part
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                index = int(part)
+            else:
+                expected = f"has items 0-{len(node) - 1}" if isinstance(node, list) else "is a single value"
+                problems.append(Problem(where, f"{here} {expected}, not a place for {part!r}"))
+                break
+            if depth == len(parts) - 1:
+                node[index] = value
+            else:
+                node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
+    if problems:
+        raise ScenarioError(source, problems)
+
+
+def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
+    """Read and validate a scenario file, with `--set` overrides. The name defaults to the file's stem."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -589,4 +629,5 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(str(path), [problem]) from None
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
+        apply_overrides(data, overrides, str(path))
     return parse_scenario(data, str(path))

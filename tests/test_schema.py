@@ -174,9 +174,9 @@ MALFORMED = [
 ]
 
 
-def assert_refused(path, capsys, where, words):
+def assert_refused(path, capsys, where, words, args=()):
     """`veil validate` exits 2, prints nothing on stdout, and names `where` with each of `words`."""
-    assert main(["validate", path]) == EXIT_INVALID
+    assert main(["validate", path, *args]) == EXIT_INVALID
     out, err = capsys.readouterr()
     assert out == ""
     lines = [line for line in problem_lines(err) if line.startswith(f"  {where}: ")]
@@ -196,6 +196,34 @@ def test_yaml_syntax_error_reports_its_line(tmp_path, capsys):
     assert main(["validate", str(path)]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert re.search(r"^  line 4, column \d+: not valid YAML", err, re.MULTILINE), err
+
+
+def test_set_overrides_fields_without_touching_the_file(tmp_path, capsys):
+    path = write(tmp_path, BASE)
+    before = Path(path).read_bytes()
+    args = ["--set", "dpm.objective=distill", "--set", "entities[1].fraction=0.2"]
+    args += ["--set", "entities.2.name=E9"]
+    assert main(["validate", path, *args]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["dpm"]["objective"] == "distill"
+    assert resolved["entities"][1]["fraction"] == 0.2
+    assert resolved["entities"][2]["name"] == "E9"
+    assert Path(path).read_bytes() == before
+
+
+BAD_OVERRIDES = [
+    (["--set", "dpm.objectiv=distill"], "dpm.objectiv", ["did you mean 'objective'"]),
+    (["--set", "dpm.objective=sgd"], "dpm.objective", ["'ce'", "'distill'"]),
+    (["--set", "entities.9.fraction=0.1"], "--set entities.9.fraction", ["items 0-3"]),
+    (["--set", "seed.offset=1"], "--set seed.offset", ["single value"]),
+    (["--set", "dpm.epochs"], "--set dpm.epochs", ["KEY=VALUE"]),
+    (["--set", "dpm.epochs=[1,"], "--set dpm.epochs", ["not valid YAML"]),
+]
+
+
+@pytest.mark.parametrize(("args", "where", "words"), BAD_OVERRIDES, ids=[a[1] for a, *_ in BAD_OVERRIDES])
+def test_bad_override_is_refused_naming_it(tmp_path, capsys, args, where, words):
+    assert_refused(write(tmp_path, BASE), capsys, where, words, args)
 
 
 def test_missing_file_is_reported(tmp_path, capsys):
