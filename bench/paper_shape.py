@@ -20,13 +20,11 @@ from reports.tables import records, render_report  # noqa: E402
 SMALL_FRACTION = 0.05  # entities below this share (E4's 1%) are reported, not checked, in Tables 1-2
 
 
-def checks(df: pd.DataFrame, small: set[str], leader: str) -> list[tuple[str, bool | None, str]]:
+def checks(df: pd.DataFrame, small: set[str]) -> list[tuple[str, bool | None, str]]:
     """(what, passed, figures) for each of the paper's claims we hold the run to.
 
-    Table 1 holds the leader (who pre-trained C on its own images) to the paper's "within 3 points";
-    the other entities' DPMs must cost at most 3 points. Tables 1 and 2 concern an entity with a real
-    share of the data (the paper's has 64k images);
-    for the entities in `small` (1% here: about a dozen images) the figures are printed, not checked.
+    Tables 1 and 2 concern an entity with a real share of the data (the paper's have 64k images); for
+    the entities in `small` (1% here: about a dozen images) the figures are printed, not checked.
     """
     out: list[tuple[str, bool | None, str]] = []
 
@@ -41,21 +39,15 @@ def checks(df: pd.DataFrame, small: set[str], leader: str) -> list[tuple[str, bo
 
     t1 = df[df.table == "table1"].pivot_table(index="entity", columns=["label", "metric"], values="value")
     for entity, row in t1.iterrows():
+        # "functionally equivalent" (the paper): neither worse nor better; a DPM whose CE term teaches C
+        # the owner's images scores above the original features, and the pool then has less to teach
         orig, pois = row[("original", "top1")], row[("poisoned", "top1")]
-        if entity == leader:  # the paper's Table 1: the pre-training entity's own classifier and DPM
-            check(
-                "Table 1: top-1 poisoned within 3 points of original",
-                entity,
-                abs(orig - pois) <= 3,
-                f"{orig:.1f} vs {pois:.1f}",
-            )
-        else:  # its DPM's CE term also trains on images C never saw, which can only add accuracy
-            check(
-                "Table 1: top-1 poisoned at most 3 points below original",
-                entity,
-                pois >= orig - 3,
-                f"{orig:.1f} vs {pois:.1f}",
-            )
+        check(
+            "Table 1: top-1 poisoned within 3 points of original",
+            entity,
+            abs(orig - pois) <= 3,
+            f"{orig:.1f} vs {pois:.1f}",
+        )
     t2 = df[df.table == "table2"].pivot_table(index="entity", columns=["label", "metric"], values="value")
     for entity, row in t2.iterrows():
         orig, pois = row[("original", "ssim")], row[("poisoned", "ssim")]
@@ -100,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nChecks against the paper's shape:")
     scenario = yaml.safe_load((run_dir / "scenario.yaml").read_text())
     small = {e["name"] for e in scenario["entities"] if e["fraction"] < SMALL_FRACTION}
-    leader = scenario.get("leader") or scenario["entities"][0]["name"]
-    results = checks(records(run_dir), small, leader)
+    results = checks(records(run_dir), small)
     for what, ok, figures in results:
         mark = "info" if ok is None else "pass" if ok else "FAIL"
         print(f"  [{mark}] {what}: {figures}")
