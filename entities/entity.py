@@ -244,7 +244,8 @@ def keep_batchnorm_statistics(net: nn.Module) -> None:
 
     The refine mix holds poisoned features, whose statistics differ from original features; updating the
     running statistics with them would skew C at test time, where it sees original features only.
-    Measured on collab-10-1, top-1 with vs without: row 7 57.8 vs 54.3, row 8 65.6 vs 62.8.
+    Measured on collab-10-1 (CE objective, the first photos layout), top-1 with vs without: row 7 57.8
+    vs 54.3, row 8 65.6 vs 62.8.
     """
     net.train()
     for m in net.modules():
