@@ -21,6 +21,7 @@ smoke: $(STAMP)
 
 test: $(STAMP)  ## the default test tier (under 15 minutes on 2 cores)
 	$(BIN)/ruff check simulator entities reports tests bench
+	$(BIN)/mypy simulator entities reports
 	$(BIN)/python -m pytest -q
 
 .PHONY: install demo smoke test

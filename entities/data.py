@@ -165,7 +165,8 @@ def tile_regions(height: int, width: int, patch: int, gap: int) -> tuple[tuple[B
     rows, cols = height // side, width // side
     if rows * cols < 4:
         raise ValueError(f"a {height}x{width} photo has room for only {rows * cols} tiles of {side} pixels")
-    train, test = [], []
+    train: list[Box] = []
+    test: list[Box] = []
     for r in range(rows):
         for c in range(cols):
             box = Box(r * side, c * side, side - gap, side - gap)

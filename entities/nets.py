@@ -109,15 +109,16 @@ def build_reconstructor(
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int, width: int):
         super().__init__()
+        last = nn.BatchNorm2d(channels)
         self.body = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
             nn.Conv2d(width, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
+            last,
         )
         # start as the identity, so P(F(x)) = F(x) before poisoning begins
-        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(last.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ResNet features are post-ReLU; keep the poisoned ones in the same (non-negative) space

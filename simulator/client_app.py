@@ -30,7 +30,7 @@ def _handle(msg: Message, context: Context, work: Handler) -> Message:
     torch.set_num_threads(max(1, int(scenario.resources.num_cpus)))
     party = node.role(scenario, int(context.node_config["partition-id"]))
     if party != config["party"]:
-        raise ValueError(f"message for {config['party']} reached the node of {party}")
+        raise ValueError(f"message for {config['party']!r} reached the node of {party!r}")
     return Message(content=work(run, scenario, party, msg.content), reply_to=msg)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ def pack(
     *,
     arrays: dict[str, dict[str, torch.Tensor]] | None = None,
     config: dict[str, Any] | None = None,
-    metrics: dict[str, float] | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> RecordDict:
     """A RecordDict from state dicts, a config mapping and metrics."""
     records: dict[str, Any] = {}
@@ -48,8 +48,16 @@ def pack(
     if config:
         records["config"] = ConfigRecord(config)
     if metrics:
-        records["metrics"] = MetricRecord(metrics)
+        records["metrics"] = MetricRecord(dict(metrics))  # type: ignore[arg-type]  # float is a MetricRecord value
     return RecordDict(records)
+
+
+def number(record: ConfigRecord | MetricRecord, key: str) -> float:
+    """A scalar from a Flower record, which may also hold lists, strings and bytes."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"record field {key!r}: expected a number, got {type(value).__name__}")
+    return float(value)
 
 
 def state_dict(content: RecordDict, name: str) -> dict[str, torch.Tensor]:
@@ -133,7 +141,7 @@ class Courier:
             src = reply.metadata.src_node_id
             if reply.has_error():
                 raise RunFailed(f"node {src} failed to say who it is: {_reason(reply)}")
-            pid = int(reply.content.config_records["config"]["partition-id"])
+            pid = int(number(reply.content.config_records["config"], "partition-id"))
             self._audit("query.whoami", f"node:{src}", SERVER, reply.content)
             by_partition[pid] = src
         for party in parties:

@@ -18,7 +18,7 @@ from flwr.app import RecordDict
 from entities import data_owner as D
 from entities import entity as E
 from entities.data import partition
-from simulator.courier import pack, state_dict
+from simulator.courier import number, pack, state_dict
 from simulator.pool import Pool
 from simulator.rundir import RunDir
 from simulator.schema import Scenario
@@ -102,6 +102,12 @@ def _shared_nets(scenario: Scenario, content: RecordDict, num_classes: int) -> E
     return E.load_nets(scenario, num_classes, {n: state_dict(content, n) for n in names})
 
 
+def _mirrored(scenario: Scenario) -> bool:
+    """Whether the pool holds each image's mirror image too (`dpm.share_mirrored`)."""
+    assert scenario.dpm is not None, "a Deep Poisoning stage ran for a scenario without a dpm section"
+    return scenario.dpm.share_mirrored
+
+
 def poison(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> RecordDict:
     """Train the private DPM, measure it, and publish poisoned features (and labels) to the pool."""
     task = E.load_task_data(scenario)
@@ -114,7 +120,7 @@ def poison(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> 
     measured = E.measure_dpm(nets, dpm, task.task_test)
 
     pool = Pool(run.pool_dir)
-    mirror = scenario.dpm.share_mirrored
+    mirror = _mirrored(scenario)
     shared_labels = np.concatenate([labels, labels]) if mirror else labels
     shards = [
         pool.publish(
@@ -147,8 +153,8 @@ def _row_features(
     for src in row.sources():
         if src.kind == "original" and src.of == party:
             images, y = _own_partition(run, party)
-            f = E.featurize(nets.featurizer, images, mirrored=scenario.dpm.share_mirrored).half()
-            y = np.concatenate([y, y]) if scenario.dpm.share_mirrored else y
+            f = E.featurize(nets.featurizer, images, mirrored=_mirrored(scenario)).half()
+            y = np.concatenate([y, y]) if _mirrored(scenario) else y
         else:
             shard, y = pool.read(src.of, src.kind)
             f = torch.from_numpy(np.array(shard))
@@ -160,7 +166,7 @@ def _row_features(
 def refine(run: RunDir, scenario: Scenario, party: str, content: RecordDict) -> RecordDict:
     """One row of the collaboration table: train on the row's data, report top-1/top-5 on the test set."""
     task = E.load_task_data(scenario)
-    index = int(content.config_records["config"]["row"])
+    index = int(number(content.config_records["config"], "row"))
     row = scenario.collaboration[index]
     if row.entity != party:
         raise ValueError(f"row {row.label!r} belongs to {row.entity}, not to {party}")

@@ -11,12 +11,12 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 STAGES = ("prepare", "pretrain", "poison", "refine", "codes", "access")
 DPM_STAGES = ("prepare", "pretrain", "poison", "refine")  # skipped when a scenario has no entities
 DATA_OWNER_STAGES = ("codes", "access")  # skipped when a scenario has no data owner

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from entities.data_owner import KEY_FILE
 from simulator import node
-from simulator.courier import Courier, Task, pack
+from simulator.courier import Courier, Task, number, pack
 from simulator.rundir import RunDir, write_atomic
 from simulator.schema import DATA_OWNER_STAGES, DPM_STAGES, STAGES, Scenario
 
@@ -83,7 +83,7 @@ class Driver:
         records: list[dict[str, Any]] = []
 
         def on_reply(task: Task, content: RecordDict) -> None:
-            n = content.metric_records["metrics"]["n_train"]
+            n = int(number(content.metric_records["metrics"], "n_train"))
             records.append(_record("partitions", None, task.party, task.party, "n_train", n))
 
         self._run_tasks("prepare", [self.task(p, "prepare") for p in self.entities], on_reply)
@@ -105,7 +105,7 @@ class Driver:
             self.run.write_results(
                 "pretrain",
                 [
-                    _record("pretrain", None, "F+C", leader, metric, float(m[metric]))
+                    _record("pretrain", None, "F+C", leader, metric, number(m, metric))
                     for metric in ("top1", "top5", "classifier_s", "reconstructor_s")
                 ],
             )
@@ -133,11 +133,11 @@ class Driver:
             for kind in ("original", "poisoned"):
                 for metric in ("top1", "top5"):
                     records.append(
-                        _record("table1", None, kind, task.party, metric, float(m[f"{metric}_{kind}"]))
+                        _record("table1", None, kind, task.party, metric, number(m, f"{metric}_{kind}"))
                     )
                 for metric in ("l1", "ssim"):
                     records.append(
-                        _record("table2", None, kind, task.party, metric, float(m[f"{metric}_{kind}"]))
+                        _record("table2", None, kind, task.party, metric, number(m, f"{metric}_{kind}"))
                     )
             for shard in content.config_records["config"]["published"]:  # type: ignore[union-attr]
                 ident, shape, dtype, digest = str(shard).split(":")
@@ -179,13 +179,13 @@ class Driver:
             )
 
         def on_reply(task: Task, content: RecordDict) -> None:
-            i = int(task.content.config_records["config"]["row"])  # type: ignore[arg-type]
+            i = int(number(task.content.config_records["config"], "row"))
             row = self.scenario.collaboration[i]
             m = content.metric_records["metrics"]
             self.run.write_results(
                 _row_unit(i),
                 [
-                    _record("table5", i + 1, row.label, row.entity, metric, float(m[metric]))
+                    _record("table5", i + 1, row.label, row.entity, metric, number(m, metric))
                     for metric in ("top1", "top5", "n_train")
                 ],
             )
