@@ -18,7 +18,30 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-console = Console(stderr=True, highlight=False)
+
+
+class ProgressConsole(Console):
+    """Progress on stderr that falls silent when its reader goes away (`veil run ... 2>&1 | head`).
+
+    rich's default exits the process on a broken pipe, which would kill the run in the middle of a stage.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        broken = os.fstat(self.file.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        # every standard stream on the same pipe (2>&1) goes to /dev/null, so Flower's and Ray's own
+        # lines and the final "run directory" line cannot fail either
+        for fd in sorted({self.file.fileno(), 1, 2}):
+            try:
+                if os.path.samestat(os.fstat(fd), broken):
+                    os.dup2(devnull, fd)
+            except OSError:  # a closed standard stream
+                continue
+        os.close(devnull)
+
+
+console = ProgressConsole(stderr=True, highlight=False)
 
 __all__ = ["RunFailed", "resume_run", "start_run"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from simulator.rundir import RunDir
@@ -25,3 +26,16 @@ def test_torn_audit_line_is_dropped_on_resume(tmp_path: Path) -> None:
     assert run.audit_path.read_bytes() == whole  # the finished lines are kept byte for byte
     reopened.audit({"type": "train.pretrain", "sender": "server", "receiver": "E1", "bytes": 3})
     assert [e["bytes"] for e in reopened.audit_events()] == [1, 2, 3]
+
+
+def test_progress_falls_silent_when_its_reader_goes_away() -> None:
+    """`veil run ... 2>&1 | head`: rich's console would exit the process, killing the run mid-stage."""
+    from simulator.launcher import ProgressConsole
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as stream:
+        console = ProgressConsole(file=stream)
+        console.print("refine row 7: E1 done")  # the pipe is broken: this must not raise SystemExit
+        assert console.quiet
+        console.print("the run goes on")
