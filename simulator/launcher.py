@@ -19,7 +19,6 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-
 class ProgressConsole(Console):
     """Progress on stderr that falls silent when its reader goes away (`veil run ... 2>&1 | head`).
 
