@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from entities import data as datasets
-from entities.metrics import accuracy, l1, ssim
+from entities.metrics import accuracy, distillation, l1, ssim
 from entities.nets import DPM, build_classifier, build_reconstructor, feature_shape
 from entities.training import apply, device, fit
 
@@ -168,9 +168,9 @@ def train_dpm(
     """P minimises task(P) + lambda * SSIM(R(P(F(x))), x) with F, C, R frozen.
 
     The task term is the paper's CE(C(P(F(x))), y), or with `dpm.objective: distill` the KL divergence
-    from C's predictions on the original features, KL(C(F(x)) || C(P(F(x)))). CE lets P learn the task
-    on top of C, so C already fits the poisoned features and the pool has little left to teach it
-    (bench/pool_signal.py); distillation keeps P(F(x)) exactly as useful to C as F(x).
+    from C's predictions on the original features, KL(C(F(x)) || C(P(F(x)))) at `dpm.temperature`. CE
+    lets P learn the task on top of C, so C already fits the poisoned features and the pool has little
+    left to teach it (bench/pool_signal.py); distillation keeps P(F(x)) exactly as useful to C as F(x).
     """
     dev = device()
     torch.manual_seed(seed)
@@ -181,14 +181,13 @@ def train_dpm(
     dpm = DPM(feats.shape[1], blocks=entity.dpm.blocks, width=entity.dpm.width).to(dev).train()
     cfg = scenario.dpm
     if cfg.objective == "distill":
-        original = apply(lambda b: torch.softmax(decider(b.to(dev)), dim=1), feats)
+        original = apply(lambda b: decider(b.to(dev)), feats)  # C's logits on F(x), the target
 
     def loss(index: torch.Tensor) -> torch.Tensor:
         poisoned = dpm(feats[index].to(dev))
         logits = decider(poisoned)
         if cfg.objective == "distill":
-            log_p = torch.log_softmax(logits, dim=1)
-            task = nn.functional.kl_div(log_p, original[index].to(dev), reduction="batchmean")
+            task = distillation(logits, original[index].to(dev), cfg.temperature)
         else:
             task = nn.functional.cross_entropy(logits, y[index].to(dev))
         similarity = ssim(recon(poisoned), x[index].to(dev)).mean()

@@ -17,6 +17,17 @@ def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).abs().flatten(1).mean(1)
 
 
+def distillation(logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(target / T) || softmax(logits / T)) * T^2, the batch mean (Hinton et al., 2015).
+
+    The T^2 keeps the gradient's scale as T changes. At T = 1 a confident target is nearly one-hot and
+    asks only for its top class; a higher T also weighs how the other classes rank.
+    """
+    log_p = torch.log_softmax(logits / temperature, dim=1)
+    target = torch.softmax(target_logits / temperature, dim=1)
+    return torch.nn.functional.kl_div(log_p, target, reduction="batchmean") * temperature**2
+
+
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Per-sample 1.0 where the label is among the k highest logits."""
     k = min(k, logits.shape[1])

@@ -114,6 +114,14 @@ class DPMTraining(Training):
             "functional equivalence to the original features, which leaves the pool something to teach C"
         ),
     )
+    temperature: float = Field(
+        4.0,
+        gt=0,
+        description=(
+            "'distill' only: both distributions are softmax(logits / T), the KL scaled by T^2 "
+            "(Hinton et al.); T > 1 asks P to keep C's whole ranking of classes, not only its top class"
+        ),
+    )
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["sgd", "adam"] = "adam"
     share_mirrored: bool = Field(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from entities.entity import empty_nets, train_decider, train_dpm
+from entities.metrics import distillation
 from entities.nets import build_classifier
 from simulator.schema import load_scenario
 
@@ -53,3 +54,31 @@ def test_dpm_objective_decides_whether_labels_are_used(objective: str) -> None:
     a, b = trained(labels), trained((labels + 1) % 3)
     same = all(torch.equal(a[k], b[k]) for k in a)
     assert same == (objective == "distill")
+
+
+def test_distillation_at_a_higher_temperature_also_weighs_the_other_classes() -> None:
+    """A confident target with its top class kept: nearly free at T = 1, a clear cost at T = 4."""
+    target = torch.tensor([[12.0, 4.0, 2.0, 0.0]])
+    same_top_scrambled = torch.tensor([[12.0, 0.0, 2.0, 4.0]])
+    assert distillation(target, target, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    cold, warm = (distillation(same_top_scrambled, target, t).item() for t in (1.0, 4.0))
+    assert cold < 0.01 < warm
+    # at T = 1 it is the plain KL divergence of the two softmax distributions
+    p, q = torch.softmax(target, 1), torch.softmax(same_top_scrambled, 1)
+    assert cold == pytest.approx((p * (p / q).log()).sum().item(), rel=1e-4)
+
+
+def test_dpm_temperature_changes_what_distillation_trains() -> None:
+    smoke = load_scenario(ROOT / "scenarios" / "smoke.yaml")
+    torch.manual_seed(0)
+    nets = empty_nets(smoke, num_classes=3)
+    images = np.random.default_rng(0).integers(0, 256, size=(12, 3, 32, 32), dtype=np.uint8)
+
+    def trained(temperature: float) -> dict[str, torch.Tensor]:
+        update = {"objective": "distill", "temperature": temperature, "min_steps": 3, "epochs": 1}
+        scenario = smoke.model_copy(update={"dpm": smoke.dpm.model_copy(update=update)})
+        return train_dpm(scenario, scenario.entities[0], nets, images, np.arange(12) % 3, seed=1).state_dict()
+
+    one, again, four = trained(1.0), trained(1.0), trained(4.0)
+    assert all(torch.equal(one[k], again[k]) for k in one)
+    assert any(not torch.equal(one[k], four[k]) for k in one)

@@ -152,6 +152,7 @@ MALFORMED = [
     case("missing-dataset-kind", "dataset", {"patch": 64}, "missing", where="dataset.kind"),
     case("negative-lambda", "dpm.lambda", -1.0, "greater than 0"),
     case("bad-dpm-objective", "dpm.objective", "mse", "'mse'", "'distill'"),
+    case("zero-temperature", "dpm.temperature", 0, "greater than 0"),
     case("fractions-above-one", "entities[3].fraction", 0.9, "fractions add up to 1.2", where="entities"),
     case("duplicate-entity-name", "entities[3].name", "E1", "duplicate entity name 'E1'"),
     case("reserved-entity-name", "entities[3].name", "all", "reserved"),
