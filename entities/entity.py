@@ -65,6 +65,15 @@ def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
 
 
+def shift(x: torch.Tensor, cells: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each feature map by up to `cells` in each direction, zero-filled: random crops for
+    features (F is convolutional, so a shifted F(x) is close to F of a shifted x)."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (cells, cells, cells, cells))
+    dy, dx = torch.randint(0, 2 * cells + 1, (2, n), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
 @dataclass
 class SharedNets:
     """F, C and R as the leader hands them to everyone (frozen for the DPM stage)."""
@@ -263,8 +272,14 @@ def train_decider(
         p.requires_grad_(True)
     keep_batchnorm_statistics(decider)
 
+    cells = scenario.refine.shift
+    aug = torch.Generator().manual_seed(seed + 1)
+
     def loss(index: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(decider(features[index].float().to(dev)), labels[index].to(dev))
+        x = features[index].float()
+        if cells:
+            x = shift(x, cells, aug)
+        return nn.functional.cross_entropy(decider(x.to(dev)), labels[index].to(dev))
 
     fit(decider.parameters(), recipe=scenario.refine, n=len(features), loss_fn=loss, seed=seed)
     return decider.eval().cpu()

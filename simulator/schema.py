@@ -129,6 +129,17 @@ class DPMTraining(Training):
     )
 
 
+class RefineTraining(Training):
+    shift: int = Field(
+        0,
+        ge=0,
+        description=(
+            "random translation of each feature map by up to this many cells, zero-filled: random crops "
+            "in feature space, since the pool holds fixed features (0: none)"
+        ),
+    )
+
+
 # --- parties ------------------------------------------------------------------------------
 
 
@@ -287,7 +298,7 @@ class Scenario(Strict):
     leader: str | None = Field(None, description="entity that pre-trains F, C and R (default: the first)")
     entities: list[Entity] = Field(default_factory=list)
     dpm: DPMTraining | None = None
-    refine: Training | None = None
+    refine: RefineTraining | None = None
     collaboration: list[Row] = Field(default_factory=list)
     data_owner: DataOwner | None = Field(None, description="the sparse-codes data owner and its users")
     resources: Resources = Resources()

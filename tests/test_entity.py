@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from entities.entity import empty_nets, train_decider, train_dpm
+from entities.entity import empty_nets, shift, train_decider, train_dpm
 from entities.metrics import distillation
 from entities.nets import build_classifier
 from simulator.schema import load_scenario
@@ -25,7 +26,9 @@ def test_refining_the_decider_keeps_its_batchnorm_statistics() -> None:
     # features unlike the ones C was trained on, as poisoned features are
     features = (torch.rand(16, 64, 8, 8) * 5).half()
     labels = torch.arange(16) % 3
-    recipe = SimpleNamespace(epochs=1, lr=0.01, batch_size=8, weight_decay=0.0, optimizer="sgd", min_steps=4)
+    recipe = SimpleNamespace(
+        epochs=1, lr=0.01, batch_size=8, weight_decay=0.0, optimizer="sgd", min_steps=4, shift=0
+    )
     refined = train_decider(SimpleNamespace(refine=recipe), decider, features, labels, seed=0)
 
     after = refined.state_dict()
@@ -34,6 +37,23 @@ def test_refining_the_decider_keeps_its_batchnorm_statistics() -> None:
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)
     assert any(not torch.equal(before[k], after[k]) for k in weights)  # it did train
     assert not refined.training and not any(m.training for m in refined.modules() if isinstance(m, nn.Module))
+
+
+def test_refine_shift_augments_the_features_it_trains_on() -> None:
+    torch.manual_seed(0)
+    features, labels = torch.rand(16, 64, 8, 8).half(), torch.arange(16) % 3
+    _, decider = build_classifier("resnet18", "conv2_x", 3)
+
+    def refined(cells: int) -> dict[str, torch.Tensor]:
+        recipe = SimpleNamespace(
+            epochs=1, lr=0.01, batch_size=8, weight_decay=0.0, optimizer="sgd", min_steps=2, shift=cells
+        )
+        scenario = SimpleNamespace(refine=recipe)
+        return train_decider(scenario, copy.deepcopy(decider), features, labels, seed=0).state_dict()
+
+    plain, again, shifted = refined(0), refined(0), refined(1)
+    assert all(torch.equal(plain[k], again[k]) for k in plain)
+    assert any(not torch.equal(plain[k], shifted[k]) for k in plain)
 
 
 @pytest.mark.parametrize("objective", ["ce", "distill"])
@@ -82,3 +102,24 @@ def test_dpm_temperature_changes_what_distillation_trains() -> None:
     one, again, four = trained(1.0), trained(1.0), trained(4.0)
     assert all(torch.equal(one[k], again[k]) for k in one)
     assert any(not torch.equal(one[k], four[k]) for k in one)
+
+
+def test_shift_translates_each_feature_map_with_zero_fill() -> None:
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5) + 1
+    out = shift(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        # each map is one 5x5 window of its zero-padded self, the same window for every channel
+        windows = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 5, dx : dx + 5])
+        ]
+        assert len(windows) == 1
+    moved = shift(x.repeat(16, 1, 1, 1), 1, torch.Generator().manual_seed(1))
+    assert not all(torch.equal(m, x[i % 2]) for i, m in enumerate(moved))  # some maps did move
+    assert torch.equal(
+        shift(x, 1, torch.Generator().manual_seed(3)), shift(x, 1, torch.Generator().manual_seed(3))
+    )
