@@ -7,35 +7,30 @@ photos) and a rebuild (the photo cache warm), at collab-10-1's size and a larger
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from runs import ROOT  # noqa: F401  # bench/runs.py puts the repo on sys.path
+from runs import ROOT  # bench/runs.py puts the repo on sys.path
 
-from entities.data import build_photos  # noqa: E402
+from entities.data import TaskData, build_photos  # noqa: E402
+from entities.entity import load_task_data  # noqa: E402
+from simulator.schema import load_scenario  # noqa: E402
 
-SIZES = {
-    "collab-10-1": dict(
-        patch=32,
-        task_classes=12,
-        public_classes=6,
-        train_per_class=100,
-        test_per_class=100,
-        public_per_class=300,
-        jitter_strength=0.3,
-        layout="tiles",
-    ),
-    "4000 train patches": dict(
-        patch=32, task_classes=10, public_classes=8, train_per_class=400, test_per_class=100
+COLLAB = load_scenario(ROOT / "scenarios" / "collab-10-1.yaml")
+BUILDS: dict[str, Callable[[], TaskData]] = {
+    "collab-10-1": lambda: load_task_data(COLLAB),
+    "4000 train patches": lambda: build_photos(
+        patch=32, task_classes=10, public_classes=8, train_per_class=400, test_per_class=100, seed=0
     ),
 }
 
 
 def main() -> None:
-    for name, args in SIZES.items():
+    for name, build in BUILDS.items():
         start = time.perf_counter()
-        first = build_photos(**args, seed=0)
+        first = build()
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        build_photos(**args, seed=0)
+        build()
         warm = time.perf_counter() - start
         n = len(first.task_train) + len(first.task_test) + len(first.public_train) + len(first.public_test)
         print(f"{name:20s} {n:6d} patches   first build {cold:5.2f} s   rebuild {warm:5.2f} s")
