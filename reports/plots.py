@@ -3,40 +3,117 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
-def rd_curve_plot(curve: pd.DataFrame, path: Path) -> Path:
-    """PSNR and SSIM against the rate in bits per value: the codes at each k of the sweep (rate as the paper
-    counts it, and with 8-bit values), JPEG at each quality (whole file, and payload without headers).
-
-    curve: the "rd_curve" records pivoted by label (rows "codes k=..." and "jpeg q=...").
-    """
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save(fig: Any, path: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
+    """Save `fig` as path (PNG) and beside it in the other formats, each written atomically; close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in formats:
+        target = path.with_suffix(f".{ext}")
+        tmp = target.with_name(f".{target.stem}.tmp.{ext}")
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(target)
+        out.append(target)
+    _pyplot().close(fig)
+    return out
+
+
+def rd_curve_plot(curve: pd.DataFrame, path: Path, formats: tuple[str, ...] = ("png",)) -> Path:
+    """PSNR and SSIM against the rate in bits per value: the codes at each k of the sweep (rate as the paper
+    counts it, and with 8-bit values), JPEG at each quality (whole file, and payload without headers).
+
+    curve: the "rd_curve" records pivoted by label (rows "codes k=..." and "jpeg q=...").
+    """
+    plt = _pyplot()
     codes = curve[[label.startswith("codes") for label in curve.index]].sort_values("rate_bpv")
     jpegs = curve[[label.startswith("jpeg") for label in curve.index]].sort_values("rate_bpv")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, name in ((axes[0], "psnr_mean", "PSNR (dB)"), (axes[1], "ssim_mean", "SSIM")):
+    for ax, metric, name in (
+        (axes[0], "psnr_mean", "PSNR (dB)"),
+        (axes[1], "ssim_mean", "SSIM (data range 1)"),
+    ):
         if len(codes):
-            ax.plot(codes["rate_bpv"], codes[metric], "o-", label="codes, support only (paper)")
-            ax.plot(codes["rate_bpv_q8"], codes[metric], "o--", label="codes, support + 8-bit values")
+            ax.plot(codes["rate_bpv"], codes[metric], "o-", label="codes, support only (paper's rate)")
+            if "rate_bpv_q8" in codes:
+                ax.plot(codes["rate_bpv_q8"], codes[metric], "o--", label="codes, support + 8-bit values")
+            if "k" in codes:
+                for rate, value, k in zip(codes["rate_bpv"], codes[metric], codes["k"], strict=True):
+                    ax.annotate(
+                        f"k={k:g}", (rate, value), textcoords="offset points", xytext=(4, -10), fontsize=7
+                    )
         if len(jpegs):
             ax.plot(jpegs["rate_bpv"], jpegs[metric], "s-", label="JPEG, whole file")
-            ax.plot(jpegs["payload_bpv"], jpegs[metric], "s--", label="JPEG, without headers")
-        ax.set_xlabel("rate (bits per value, 3 values per pixel)")
+            if "payload_bpv" in jpegs:
+                ax.plot(jpegs["payload_bpv"], jpegs[metric], "s--", label="JPEG, without headers")
+        ax.set_xscale("log")
+        ax.set_xlabel("rate (bits per value, 3 values per pixel; log scale)")
         ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
+        ax.set_title(name.split(" (")[0] + " against rate")
+        ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle("Rate-distortion on the data owner's test images")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save(fig, path, formats)[0]
+
+
+def table5_bars(
+    table: pd.DataFrame, path: Path, n_runs: int, formats: tuple[str, ...] = ("png", "svg")
+) -> Path:
+    """Table 5 as grouped bars: ours (mean, 95% t-interval over seeds when there are several) beside the
+    paper's, top-1 and top-5.
+
+    table: one line per our row: columns row, label, and for m in top1/top5: m (mean), m_lo, m_hi, paper_m.
+    """
+    plt = _pyplot()
+    metrics = [m for m in ("top1", "top5") if m in table]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(7.0, 0.9 * len(table) + 2), 3.6 * len(metrics)))
+    axes = np.atleast_1d(axes)
+    x = np.arange(len(table))
+    width = 0.38
+    for ax, metric in zip(axes, metrics, strict=True):
+        ours = table[metric].to_numpy(dtype=float)
+        err = None
+        if n_runs > 1 and f"{metric}_lo" in table:
+            lo = table[f"{metric}_lo"].to_numpy(dtype=float)
+            hi = table[f"{metric}_hi"].to_numpy(dtype=float)
+            err = np.vstack([ours - lo, hi - ours])
+        spread = f", 95% t-interval over {n_runs} seeds" if err is not None else " (one seed)"
+        ax.bar(x - width / 2, ours, width, yerr=err, capsize=3, label=f"ours{spread}", color="#3b6ea8")
+        paper = table.get(f"paper_{metric}")
+        if paper is not None:
+            p = pd.to_numeric(paper, errors="coerce").to_numpy(dtype=float)
+            ax.bar(
+                x + width / 2, np.nan_to_num(p), width, label="paper (ImageNet, ResNet-50)", color="#c98b2b"
+            )
+            for xi, pi in zip(x, p, strict=True):
+                if np.isnan(pi):
+                    ax.text(xi + width / 2, 1, "n/a", ha="center", fontsize=7, color="#777")
+        paper_rows = table.get("paper_row", pd.Series([None] * len(table)))
+        ticks = [
+            f"{int(r)}{'' if pd.isna(p) else f' (paper {int(p)})'}\n{label}"
+            for r, p, label in zip(table["row"], paper_rows, table["label"], strict=True)
+        ]
+        ax.set_xticks(x, ticks, fontsize=7)
+        ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
+        ax.set_ylim(0, 118)
+        ax.set_yticks(range(0, 101, 20))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", ncol=2, frameon=False)
+    axes[-1].set_xlabel("our Table 5 row (the paper's row it matches by entity and data mix)")
+    fig.suptitle("Table 5: entity collaboration, ours beside the paper's")
+    fig.tight_layout()
+    return save(fig, path, formats)[0]

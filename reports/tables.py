@@ -6,26 +6,20 @@ trains anything.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-# Deep Poisoning paper, ResNet50 on ImageNet (Tables 1 and 2).
-PAPER_TABLE1 = {"original": {"top1": 79.39, "top5": 94.18}, "poisoned": {"top1": 78.88, "top5": 94.11}}
-PAPER_TABLE2 = {"original": {"l1": 0.0443, "ssim": 0.6730}, "poisoned": {"l1": 0.2928, "ssim": 0.0070}}
+from reports.paper import (
+    PAPER_AMBIGUATION,
+    PAPER_KEY_KB,
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    PAPER_TABLE5,
+    scenario_to_paper_rows,
+)
+from reports.runs import load_run, read_records
 
-# Sparse codes with ambiguation (Ferdowsi et al., ICASSP 2020), Table 1: CelebA 128x128, 200 test images,
-# L=20, m=512, trained with k=256, k'=256. (our label prefix, paper row, PSNR, SSIM, rate in bits per value)
-PAPER_AMBIGUATION = [
-    ("authorised k_small=", "k=64", 28.66, 0.92, 0.0845),
-    ("authorised k=", "k=128", 30.75, 0.95, 0.1690),
-    ("jpeg at paper rate, whole file", "JPEG", 22.40, 0.76, 0.1830),
-    ("ambiguated as is", "ambiguated, k'=256", 12.00, 0.24, None),
-    ("random guess", "random guess", 12.31, 0.25, None),
-]
-PAPER_KEY_KB = 1.01  # log2 C(512, 128)^20 by the H2 approximation
 AMBIGUATION_COLUMNS = ["psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "rate_bpv", "support_recovery"]
 JPEG_COLUMNS = [
     "quality",
@@ -40,13 +34,8 @@ JPEG_COLUMNS = [
 
 
 def records(run_dir: Path) -> pd.DataFrame:
-    """Every result record of a run as one flat frame (table, row, label, entity, metric, value)."""
-    rows = []
-    for path in sorted((Path(run_dir) / "results").glob("*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise FileNotFoundError(f"{run_dir}/results: no result records yet")
-    return pd.DataFrame(rows)
+    """Every result record of a run (reports.runs.read_records; kept for the bench scripts)."""
+    return read_records(run_dir)
 
 
 def _pivot(df: pd.DataFrame, table: str) -> pd.DataFrame:
@@ -78,13 +67,17 @@ def table5(df: pd.DataFrame, scenario: dict | None = None) -> pd.DataFrame:
     out = sub.pivot_table(index=["row", "label", "entity"], columns="metric", values="value", aggfunc="first")
     out = out.reset_index().astype({"row": int}).sort_values("row").set_index("row")
     if scenario is not None:
-        rows = scenario.get("collaboration", [])
+        rows = scenario.get("collaboration") or []
+        to_paper = scenario_to_paper_rows(scenario)
+        out["paper_row"] = [to_paper.get(int(r)) for r in out.index]
         for metric in ("top1", "top5"):
             out[f"paper_{metric}"] = [
-                (rows[int(r) - 1].get("paper") or {}).get(metric) if int(r) - 1 < len(rows) else None
+                getattr(PAPER_TABLE5[to_paper[int(r)]], metric) if int(r) in to_paper else None
                 for r in out.index
             ]
-        out["inferred"] = [bool(rows[int(r) - 1].get("inferred")) for r in out.index]
+        out["inferred"] = [
+            bool(rows[int(r) - 1].get("inferred")) if int(r) - 1 < len(rows) else False for r in out.index
+        ]
     return out
 
 
@@ -122,7 +115,7 @@ def jpeg_matched(df: pd.DataFrame) -> pd.DataFrame:
     return out[[c for c in JPEG_COLUMNS if c in out.columns]]
 
 
-def render_ambiguation(df: pd.DataFrame, run_dir: Path) -> list[str]:
+def render_ambiguation(df: pd.DataFrame, run_dir: Path, plot_dir: Path | None = None) -> list[str]:
     """The report's section on sparse codes with ambiguation, and the rate-distortion plot."""
     fmt = {"float_format": lambda v: f"{v:.4g}"}
     parts = [
@@ -149,7 +142,7 @@ def render_ambiguation(df: pd.DataFrame, run_dir: Path) -> list[str]:
         from reports.plots import rd_curve_plot
 
         curve = _by_label(df, "rd_curve")
-        path = rd_curve_plot(curve, Path(run_dir) / "plots" / "rd_curve.png")
+        path = rd_curve_plot(curve, (plot_dir or Path(run_dir) / "plots") / "rd_curve.png")
         columns = [
             c for c in ("k", "quality", "rate_bpv", "rate_bpv_q8", "payload_bpv", "psnr_mean", "ssim_mean")
         ]
@@ -160,11 +153,10 @@ def render_ambiguation(df: pd.DataFrame, run_dir: Path) -> list[str]:
     return parts
 
 
-def render_report(run_dir: Path) -> str:
-    run_dir = Path(run_dir)
-    df = records(run_dir)
-    scenario = yaml.safe_load((run_dir / "scenario.yaml").read_text())
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+def render_report(run_dir: Path, plot_dir: Path | None = None) -> str:
+    """A run's tables as text. The rate-distortion plot goes to plot_dir (default: <run>/plots)."""
+    run = load_run(run_dir)
+    run_dir, df, scenario, manifest = run.path, run.records, run.scenario, run.manifest
     parts = [f"# {scenario['name']} (seed {manifest['seed']})  {run_dir}"]
     stages = ", ".join(
         f"{k} {v['wall_s']:.0f} s" for k, v in manifest["stages"].items() if v.get("wall_s") is not None
@@ -181,5 +173,5 @@ def render_report(run_dir: Path) -> str:
     if (df.table == "table5").any():
         parts += ["\nTable 5: entity collaboration", table5(df, scenario).to_string(**fmt)]
     if (df.table == "ambiguation").any():
-        parts += render_ambiguation(df, run_dir)
+        parts += render_ambiguation(df, run_dir, plot_dir)
     return "\n".join(parts)

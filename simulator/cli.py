@@ -53,9 +53,41 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """Write report/ inside a run or sweep directory (reads files only: no torch, no simulation)."""
+    from reports.compare import NotComparable, check_comparable
+    from reports.report import write_report
+    from reports.runs import RunFormatError, load_sweep
     from reports.tables import render_report
 
-    print(render_report(Path(args.run_dir)))
+    path = Path(args.run_dir)
+    try:
+        sweep = load_sweep(path)
+        check_comparable(sweep)
+        if len(sweep.runs) == 1 and not args.quiet:
+            print(render_report(sweep.runs[0].path, plot_dir=path / "report"))
+        index = write_report(sweep, path / "report")
+    except (FileNotFoundError, RunFormatError, NotComparable) as err:
+        print(f"veil report: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"report: {index}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Means, SDs, t-intervals and paired differences over runs of one scenario (files only)."""
+    from reports.compare import NotComparable, check_comparable, parameter, render_text
+    from reports.runs import RunFormatError, load_many
+
+    try:
+        sweep = load_many(args.runs)
+        check_comparable(sweep, args.vary)
+        out = Path(args.out) if args.out else None
+        if out is None and parameter(sweep, args.vary) is not None:
+            out = sweep.path / "report" if sweep.path else Path("veil-compare")
+        print(render_text(sweep, args.vary, out))
+    except (FileNotFoundError, RunFormatError, NotComparable) as err:
+        print(f"veil compare: {err}", file=sys.stderr)
+        return EXIT_INVALID
     return 0
 
 
@@ -88,9 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting one")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("report", help="print a run's tables beside the paper's numbers")
-    p.add_argument("run_dir")
+    p = sub.add_parser(
+        "report",
+        help="write report/ (HTML, Markdown, CSV, plots) in a run or sweep directory, beside the paper",
+    )
+    p.add_argument("run_dir", metavar="RUN_OR_SWEEP")
+    p.add_argument("--quiet", action="store_true", help="do not print a single run's tables as text")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "compare", help="runs of one scenario: mean, SD, 95%% t-interval per cell; paired differences; curves"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="a dotted scenario field the runs may differ in (a sweep's sweep.json names its own)",
+    )
+    p.add_argument(
+        "--out", default=None, help="where curves against a varied field go (default: SWEEP/report)"
+    )
+    p.set_defaults(func=_compare)
     return parser
 
 
