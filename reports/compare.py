@@ -250,6 +250,11 @@ CURVE_PANELS = (
 )
 
 
+def curve_stem(path: str) -> str:
+    """The file name stem of the curves against a dotted field: dpm.lambda -> against-dpm-lambda."""
+    return "against-" + "".join(c if c.isalnum() else "-" for c in path)
+
+
 def parameter_plot(curves: pd.DataFrame, path: str, out: Path) -> list[Path]:
     """Curves of the main metrics against the varied parameter; PNG and SVG. Returns the files written."""
     import matplotlib
@@ -277,7 +282,7 @@ def parameter_plot(curves: pd.DataFrame, path: str, out: Path) -> list[Path]:
         ax.legend(fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    stem = "against-" + "".join(c if c.isalnum() else "-" for c in path)
+    stem = curve_stem(path)
     files = []
     for ext in ("png", "svg"):
         target = out / f"{stem}.{ext}"
@@ -328,7 +333,7 @@ def render_text(sweep: Sweep, vary: list[str] | None = None, out: Path | None = 
         lines.append(wide.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         if out is not None:
             files = parameter_plot(curves, param, out)
-            curves.to_csv(out / f"against-{param}.csv", index=False)
+            curves.to_csv(out / f"{curve_stem(param)}.csv", index=False)
             lines.append(f"\ncurves: {', '.join(str(f) for f in files)}")
     return "\n".join(lines)
 
