@@ -147,10 +147,9 @@ def section_table12(stats: Stats, scenario: dict[str, Any], which: str) -> Secti
     frame, display = grid(stats, which, ["entity"], ["label", "metric"])
     paper = PAPER_TABLE1 if which == "table1" else PAPER_TABLE2
     values: dict[str, Any] = {"entity": "paper"}
-    for label, ms in paper.items():
+    for label, ms in paper.items():  # every column of the paper's table, even one we did not measure
         for metric, v in ms.items():
-            if f"{label} {metric}" in frame.columns:
-                values[f"{label} {metric}"] = v
+            values[f"{label} {metric}"] = v
     frame, display = _add_row(frame, display, values)
     if which == "table1":
         title = "Table 1: accuracy of C on original vs poisoned features (top-1/top-5, %)"
