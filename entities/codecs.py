@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from entities.metrics import ssim
+from entities.registry import CODECS
 
 PSNR_CAP_DB = 100.0  # identical images: a finite cap, so that means stay finite
 
@@ -51,6 +52,7 @@ def jpeg_header_bytes(data: bytes) -> int:
     raise ValueError("malformed JPEG: no start-of-scan marker")
 
 
+@CODECS.register("jpeg")
 def jpeg(images: torch.Tensor, quality: int) -> dict:
     """Real JPEG (Pillow, in memory, default 4:2:0 chroma subsampling) of each image at `quality`.
 
@@ -87,23 +89,30 @@ def jpeg(images: torch.Tensor, quality: int) -> dict:
     }
 
 
-def jpeg_at_rate(images: torch.Tensor, target_bpv: float) -> dict:
+def jpeg_at_rate(images: torch.Tensor, target_bpv: float, *, count: str = "file") -> dict:
     """JPEG at the largest quality in 1..95 whose measured mean bits per value is <= target_bpv.
 
-    Binary search (size grows with quality). When even quality 1 is over the target, quality 1 is
+    count "file": the whole file; "payload": without its header bytes (as when the tables are agreed in
+    advance). Bisection (size grows with quality). When even quality 1 is over the target, quality 1 is
     returned (the closest rate JPEG can reach) with "met": False. Same keys as `jpeg`, plus "met".
     """
     if target_bpv <= 0:
         raise ValueError(f"target_bpv must be positive, got {target_bpv}")
+    if count not in ("file", "payload"):
+        raise ValueError(f"count must be 'file' or 'payload', got {count!r}")
     _check_images(images)
+
+    def rate(out: dict) -> float:
+        return float(out["bpv"] if count == "file" else out["payload_bpp"] / 3)
+
     lo, hi = 1, 95
     best = jpeg(images, lo)
-    if best["bpv"] > target_bpv:
+    if rate(best) > target_bpv:
         return {**best, "met": False}
     while lo < hi:  # invariant: quality lo meets the target
         mid = (lo + hi + 1) // 2
         trial = jpeg(images, mid)
-        if trial["bpv"] <= target_bpv:
+        if rate(trial) <= target_bpv:
             lo, best = mid, trial
         else:
             hi = mid - 1

@@ -19,13 +19,15 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import skimage.data
 import skimage.io
 import skimage.transform
 import torch
+
+from entities.registry import DATASETS
 
 # Natural photographs in scikit-image's package folder, sorted by name.  Left out: the synthetic images
 # (chessboard, color, horse, logo, phantom), the stacks (multipage, lfw_subset, the tiny gif), and
@@ -341,6 +343,39 @@ def build_photos(
             public, public_per_class or train_per_class, "train", patch, seed, jitter_strength, layout
         ),
         public_test=_patches(public, test_per_class, "test", patch, seed, jitter_strength, layout),
+    )
+
+
+def load_dataset(spec: Any, *, seed: int, side: int | None = None) -> TaskData:
+    """The dataset a scenario's `dataset` section names (by its `kind`), built with `seed`.
+
+    side: the image side when a party needs another size than the section's (the data owner's images).
+    """
+    return DATASETS.get(spec.kind)(spec, seed=seed, side=side)  # type: ignore[no-any-return]
+
+
+@DATASETS.register("photos")
+def photos(spec: Any, *, seed: int, side: int | None = None) -> TaskData:
+    """The built-in photos (a `PhotosDataset` section)."""
+    return build_photos(
+        patch=side or spec.patch,
+        task_classes=spec.task_classes,
+        public_classes=spec.public_classes,
+        train_per_class=spec.train_per_class,
+        test_per_class=spec.test_per_class,
+        seed=seed,
+        jitter_strength=spec.jitter,
+        public_per_class=spec.public_per_class,
+        layout=spec.layout,
+    )
+
+
+@DATASETS.register("image_folder")
+def image_folder(spec: Any, *, seed: int, side: int | None = None) -> TaskData:
+    """A local folder dataset (root/<split>/<class>/<image>): not written yet."""
+    raise ValueError(
+        f"dataset.kind 'image_folder' ({spec.root}): this version of Veil runs only the built-in 'photos' "
+        "dataset; the local image-folder loader is not implemented yet"
     )
 
 

@@ -1,20 +1,15 @@
-"""What an entity does in the Deep Poisoning collaboration, stage by stage.
+"""What an entity does in the Deep Poisoning collaboration: pre-train F, C and R (the leader), train a
+private DPM and measure it, featurize for the pool, refine the decider, evaluate.
 
-An entity holds a private partition of the task set D_p in its own directory. Everything it
-keeps private (images, DPM weights) is read and written only under `private_dir`; what it
-shares (F, C, R from the leader; poisoned features to the pool; metrics) is returned to the
-caller, which sends it by message.
-
-The scenario is passed as the simulator's pydantic object; this package reads its fields
-but does not import the simulator.
+Each function takes the recipe it uses (entities.recipes), arrays and modules, and returns modules and
+numbers; where anything is kept or sent is the caller's business (simulator.stages).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +18,8 @@ from torch import nn
 from entities import data as datasets
 from entities.metrics import accuracy, distillation, l1, ssim
 from entities.nets import DPM, build_classifier, build_reconstructor, feature_shape
+from entities.recipes import BackboneSpec, DPMRecipe, DPMShape, Recipe, ReconstructorSpec, RefineRecipe
+from entities.registry import OBJECTIVES
 from entities.training import apply, device, fit
 
 StateDict = dict[str, torch.Tensor]
@@ -32,27 +29,6 @@ def derive_seed(base: int, *parts: object) -> int:
     """A stable per-task seed, so results do not depend on which node or order runs a task."""
     digest = hashlib.sha256(repr((base, *parts)).encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def load_task_data(scenario: Any) -> datasets.TaskData:
-    """The scenario's dataset: D_p (train/test) and the public D_q."""
-    spec = scenario.dataset
-    if spec.kind == "photos":
-        return datasets.build_photos(
-            patch=spec.patch,
-            task_classes=spec.task_classes,
-            public_classes=spec.public_classes,
-            train_per_class=spec.train_per_class,
-            test_per_class=spec.test_per_class,
-            seed=scenario.seed,
-            jitter_strength=spec.jitter,
-            public_per_class=spec.public_per_class,
-            layout=spec.layout,
-        )
-    raise ValueError(
-        f"dataset.kind {spec.kind!r}: this version of Veil runs only the built-in 'photos' dataset; "
-        "the local image-folder loader is not implemented yet"
-    )
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
@@ -90,27 +66,31 @@ class SharedNets:
         }
 
 
-def empty_nets(scenario: Any, num_classes: int) -> SharedNets:
+def empty_nets(
+    backbone: BackboneSpec, reconstructor: ReconstructorSpec, image_side: int, num_classes: int
+) -> SharedNets:
     """Untrained F, C, R of the scenario's shapes, to load shared weights into."""
-    featurizer, decider = build_classifier(scenario.backbone.name, scenario.backbone.split, num_classes)
-    reconstructor = new_reconstructor(scenario, feature_shape(featurizer, image_size(scenario))[0])
-    return SharedNets(featurizer, decider, reconstructor)
+    featurizer, decider = build_classifier(backbone.name, backbone.split, num_classes)
+    recon = new_reconstructor(reconstructor, backbone.split, feature_shape(featurizer, image_side)[0])
+    return SharedNets(featurizer, decider, recon)
 
 
-def new_reconstructor(scenario: Any, channels: int) -> nn.Module:
+def new_reconstructor(spec: ReconstructorSpec, split: str, channels: int) -> nn.Module:
     """An untrained R of the scenario's shape for features with `channels` channels."""
-    r = scenario.reconstructor
     return build_reconstructor(
-        channels,
-        scenario.backbone.split,
-        width=r.width,
-        blocks_per_upscale=r.blocks_per_upscale,
-        output=r.output,
+        channels, split, width=spec.width, blocks_per_upscale=spec.blocks_per_upscale, output=spec.output
     )
 
 
-def load_nets(scenario: Any, num_classes: int, states: dict[str, StateDict]) -> SharedNets:
-    nets = empty_nets(scenario, num_classes)
+def load_nets(
+    backbone: BackboneSpec,
+    reconstructor: ReconstructorSpec,
+    image_side: int,
+    num_classes: int,
+    states: dict[str, StateDict],
+) -> SharedNets:
+    """F, C, R (those named in `states`) with the shared weights loaded."""
+    nets = empty_nets(backbone, reconstructor, image_side, num_classes)
     for name, module in (
         ("featurizer", nets.featurizer),
         ("decider", nets.decider),
@@ -121,18 +101,19 @@ def load_nets(scenario: Any, num_classes: int, states: dict[str, StateDict]) -> 
     return nets
 
 
-def image_size(scenario: Any) -> int:
-    spec = scenario.dataset
-    return int(spec.patch if spec.kind == "photos" else spec.image_size)
-
-
 def train_classifier(
-    scenario: Any, images: np.ndarray, labels: np.ndarray, num_classes: int, *, seed: int
+    backbone: BackboneSpec,
+    recipe: Recipe,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    seed: int,
 ) -> tuple[nn.Module, nn.Module]:
     """F+C from scratch on raw images (the leader's pre-training, and the raw-image table rows)."""
     dev = device()
     torch.manual_seed(seed)
-    featurizer, decider = build_classifier(scenario.backbone.name, scenario.backbone.split, num_classes)
+    featurizer, decider = build_classifier(backbone.name, backbone.split, num_classes)
     net = nn.Sequential(featurizer, decider).to(dev).train()
     x, y = to_float(images), torch.as_tensor(labels)
     aug = torch.Generator().manual_seed(seed + 1)
@@ -141,12 +122,12 @@ def train_classifier(
         xb = flip(x[index], aug).to(dev)
         return nn.functional.cross_entropy(net(xb), y[index].to(dev))
 
-    fit(net.parameters(), recipe=scenario.pretrain, n=len(x), loss_fn=loss, seed=seed)
+    fit(net.parameters(), recipe=recipe, n=len(x), loss_fn=loss, seed=seed)
     return featurizer.eval().cpu(), decider.eval().cpu()
 
 
 def train_reconstructor(
-    scenario: Any, featurizer: nn.Module, public: datasets.ImageSet, *, seed: int
+    spec: ReconstructorSpec, split: str, featurizer: nn.Module, public: datasets.ImageSet, *, seed: int
 ) -> nn.Module:
     """R inverts the frozen F, trained with L1 on the public set D_q only."""
     dev = device()
@@ -154,12 +135,12 @@ def train_reconstructor(
     featurizer = featurizer.to(dev).eval()
     x = to_float(public.images)
     feats = apply(lambda b: featurizer(b.to(dev)), x)
-    recon = new_reconstructor(scenario, feats.shape[1]).to(dev)
+    recon = new_reconstructor(spec, split, feats.shape[1]).to(dev)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
         return l1(recon(feats[index].to(dev)), x[index].to(dev)).mean()
 
-    fit(recon.parameters(), recipe=scenario.reconstructor.training, n=len(x), loss_fn=loss, seed=seed)
+    fit(recon.parameters(), recipe=spec.training, n=len(x), loss_fn=loss, seed=seed)
     featurizer.cpu()
     return recon.eval().cpu()
 
@@ -171,15 +152,37 @@ def freeze(*modules: nn.Module) -> None:
             p.requires_grad_(False)
 
 
+TaskTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (C's logits on P(F(x)), batch index)
+
+
+@OBJECTIVES.register("ce")
+def cross_entropy_term(
+    recipe: DPMRecipe, decider: nn.Module, feats: torch.Tensor, labels: torch.Tensor
+) -> TaskTerm:
+    """The paper's CE(C(P(F(x))), y)."""
+    dev = device()
+    return lambda logits, index: nn.functional.cross_entropy(logits, labels[index].to(dev))
+
+
+@OBJECTIVES.register("distill")
+def distillation_term(
+    recipe: DPMRecipe, decider: nn.Module, feats: torch.Tensor, labels: torch.Tensor
+) -> TaskTerm:
+    """KL(C(F(x)) || C(P(F(x)))) at `recipe.temperature`: functional equivalence to the original features."""
+    dev = device()
+    original = apply(lambda b: decider(b.to(dev)), feats)  # C's logits on F(x), the target
+    return lambda logits, index: distillation(logits, original[index].to(dev), recipe.temperature)
+
+
 def train_dpm(
-    scenario: Any, entity: Any, nets: SharedNets, images: np.ndarray, labels: np.ndarray, *, seed: int
+    recipe: DPMRecipe, shape: DPMShape, nets: SharedNets, images: np.ndarray, labels: np.ndarray, *, seed: int
 ) -> nn.Module:
     """P minimises task(P) + lambda * SSIM(R(P(F(x))), x) with F, C, R frozen.
 
-    The task term is the paper's CE(C(P(F(x))), y), or with `dpm.objective: distill` the KL divergence
-    from C's predictions on the original features, KL(C(F(x)) || C(P(F(x)))) at `dpm.temperature`. CE
-    lets P learn the task on top of C, so C already fits the poisoned features and the pool has little
-    left to teach it (bench/pool_signal.py); distillation keeps P(F(x)) exactly as useful to C as F(x).
+    The task term (`recipe.objective`) is the paper's CE(C(P(F(x))), y), or the KL divergence from C's
+    predictions on the original features at `recipe.temperature` ("distill"). CE lets P learn the task
+    on top of C, so C already fits the poisoned features and the pool has little left to teach it
+    (bench/pool_signal.py); distillation keeps P(F(x)) exactly as useful to C as F(x).
     """
     dev = device()
     torch.manual_seed(seed)
@@ -187,22 +190,16 @@ def train_dpm(
     featurizer, decider, recon = (m.to(dev) for m in (nets.featurizer, nets.decider, nets.reconstructor))
     x, y = to_float(images), torch.as_tensor(labels)
     feats = apply(lambda b: featurizer(b.to(dev)), x)  # F is frozen: featurize once
-    dpm = DPM(feats.shape[1], blocks=entity.dpm.blocks, width=entity.dpm.width).to(dev).train()
-    cfg = scenario.dpm
-    if cfg.objective == "distill":
-        original = apply(lambda b: decider(b.to(dev)), feats)  # C's logits on F(x), the target
+    dpm = DPM(feats.shape[1], blocks=shape.blocks, width=shape.width).to(dev).train()
+    task_term = OBJECTIVES.get(recipe.objective)(recipe, decider, feats, y)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
         poisoned = dpm(feats[index].to(dev))
-        logits = decider(poisoned)
-        if cfg.objective == "distill":
-            task = distillation(logits, original[index].to(dev), cfg.temperature)
-        else:
-            task = nn.functional.cross_entropy(logits, y[index].to(dev))
+        task = task_term(decider(poisoned), index)
         similarity = ssim(recon(poisoned), x[index].to(dev)).mean()
-        return task + cfg.lam * similarity
+        return task + recipe.lam * similarity
 
-    fit(dpm.parameters(), recipe=cfg, n=len(x), loss_fn=loss, seed=seed)
+    fit(dpm.parameters(), recipe=recipe, n=len(x), loss_fn=loss, seed=seed)
     for m in (featurizer, decider, recon):
         m.cpu()
     return dpm.eval().cpu()
@@ -262,7 +259,7 @@ def keep_batchnorm_statistics(net: nn.Module) -> None:
 
 
 def train_decider(
-    scenario: Any, decider: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, seed: int
+    recipe: RefineRecipe, decider: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, seed: int
 ) -> nn.Module:
     """Refine the shared C on a mix of features (rows 6-12 of Table 5)."""
     dev = device()
@@ -272,7 +269,7 @@ def train_decider(
         p.requires_grad_(True)
     keep_batchnorm_statistics(decider)
 
-    cells = scenario.refine.shift
+    cells = recipe.shift
     aug = torch.Generator().manual_seed(seed + 1)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
@@ -281,7 +278,7 @@ def train_decider(
             x = shift(x, cells, aug)
         return nn.functional.cross_entropy(decider(x.to(dev)), labels[index].to(dev))
 
-    fit(decider.parameters(), recipe=scenario.refine, n=len(features), loss_fn=loss, seed=seed)
+    fit(decider.parameters(), recipe=recipe, n=len(features), loss_fn=loss, seed=seed)
     return decider.eval().cpu()
 
 
@@ -292,20 +289,3 @@ def evaluate(featurizer: nn.Module, decider: nn.Module, test: datasets.ImageSet)
     logits = apply(lambda b: net(b.to(dev)), to_float(test.images))
     net.cpu()
     return accuracy(logits, torch.as_tensor(test.labels))
-
-
-def save_private(private_dir: Path, name: str, obj: Any) -> Path:
-    """Write to the entity's private directory atomically (temp file, then rename)."""
-    private_dir.mkdir(parents=True, exist_ok=True)
-    path = private_dir / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_private(private_dir: Path, name: str) -> Any:
-    path = private_dir / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; the stage that writes it has not run for this party")
-    return torch.load(path, weights_only=False)

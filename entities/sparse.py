@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Literal
 
 import numpy as np
 import torch
@@ -18,7 +17,9 @@ from scipy import stats
 from torch import nn
 
 from entities.data import to_float
-from entities.training import Recipe, device, fit
+from entities.recipes import Recipe
+from entities.registry import SAMPLERS
+from entities.training import device, fit
 
 # ---------------------------------------------------------------- the k-sparse operator
 
@@ -364,11 +365,49 @@ def sample_ctg(
     return torch.maximum(magnitude, lam64)  # guards rounding at u = 1
 
 
+@SAMPLERS.register("ctg")
+def ctg_magnitudes(
+    codes: torch.Tensor,
+    shape: tuple[int, int, int],
+    *,
+    lam: torch.Tensor | None,
+    sigma: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Fake magnitudes from the complementary truncated Gaussian of `ambiguation_stats` (per map)."""
+    maps = shape[1]
+    if lam is None or sigma is None:
+        raise ValueError("sampler='ctg' needs lam and sigma (see ambiguation_stats)")
+    if lam.shape != (maps,) or sigma.shape != (maps,):
+        raise ValueError(f"lam and sigma must be ({maps},), got {tuple(lam.shape)}, {tuple(sigma.shape)}")
+    return sample_ctg(lam.cpu()[:, None], sigma.cpu()[:, None], shape, generator)
+
+
+@SAMPLERS.register("empirical")
+def empirical_magnitudes(
+    codes: torch.Tensor,
+    shape: tuple[int, int, int],
+    *,
+    lam: torch.Tensor | None,
+    sigma: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Fake magnitudes drawn with replacement from the true kept magnitudes of the same code map."""
+    n, maps, fakes = shape
+    m = codes.shape[-1]
+    magnitude = torch.empty(shape, dtype=torch.float64)
+    kept = codes.abs().double().transpose(0, 1).reshape(maps, n * m)
+    for j in range(maps):
+        pool = kept[j][kept[j] != 0]
+        magnitude[:, j] = pool[torch.randint(len(pool), (n, fakes), generator=generator)]
+    return magnitude
+
+
 def ambiguate(
     codes: torch.Tensor,
     k_prime: int,
     *,
-    sampler: Literal["ctg", "empirical"],
+    sampler: str,
     lam: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -392,20 +431,7 @@ def ambiguate(
     scores = torch.rand(cpu.shape, generator=generator).masked_fill(cpu != 0, -1.0)
     where = scores.topk(fakes, dim=-1).indices  # (N, L, fakes)
     shape = (n, maps, fakes)
-    if sampler == "ctg":
-        if lam is None or sigma is None:
-            raise ValueError("sampler='ctg' needs lam and sigma (see ambiguation_stats)")
-        if lam.shape != (maps,) or sigma.shape != (maps,):
-            raise ValueError(f"lam and sigma must be ({maps},), got {tuple(lam.shape)}, {tuple(sigma.shape)}")
-        magnitude = sample_ctg(lam.cpu()[:, None], sigma.cpu()[:, None], shape, generator)
-    elif sampler == "empirical":
-        magnitude = torch.empty(shape, dtype=torch.float64)
-        kept = cpu.abs().double().transpose(0, 1).reshape(maps, n * m)
-        for j in range(maps):
-            pool = kept[j][kept[j] != 0]
-            magnitude[:, j] = pool[torch.randint(len(pool), (n, fakes), generator=generator)]
-    else:
-        raise ValueError(f"sampler must be 'ctg' or 'empirical', got {sampler!r}")
+    magnitude = SAMPLERS.get(sampler)(cpu, shape, lam=lam, sigma=sigma, generator=generator)
     sign = torch.randint(0, 2, shape, generator=generator, dtype=torch.float64) * 2 - 1
     return cpu.scatter(-1, where, (magnitude * sign).to(cpu.dtype)).to(codes.device)
 

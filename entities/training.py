@@ -5,22 +5,26 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from entities.recipes import Recipe
+from entities.registry import OPTIMIZERS
 
-class Recipe(Protocol):
-    """What a training section of the scenario provides (see simulator.schema.Training)."""
 
-    epochs: int
-    lr: float
-    batch_size: int
-    weight_decay: float
-    optimizer: str
-    min_steps: int
+@OPTIMIZERS.register("adam")
+def adam(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum 0.9."""
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True
+    )
 
 
 def device() -> torch.device:
@@ -59,12 +63,7 @@ def fit(
     Returns the mean loss of each epoch.
     """
     params = [p for p in params if p.requires_grad]
-    if recipe.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    else:
-        opt = torch.optim.SGD(
-            params, lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay, nesterov=True
-        )
+    opt = OPTIMIZERS.get(recipe.optimizer)(params, recipe)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     # a small dataset trains for more epochs, so that every run gets at least min_steps updates
     epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from simulator.schema import ScenarioError, load_scenario
+from simulator.schema import Problem, ScenarioError, load_scenario
 
 EXIT_INVALID = 2
 
@@ -21,7 +22,65 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_resumable(root: Path) -> None:
+    """Raise ScenarioError naming the file when `root` is not a run directory that --resume can complete.
+
+    Reads only: nothing is written, locked or repaired before the run directory is known to be one.
+    """
+    where = str(root)
+    if not root.exists():
+        raise ScenarioError(where, [Problem("(directory)", "does not exist; expected a run directory")])
+    if not root.is_dir():
+        raise ScenarioError(where, [Problem("(directory)", "is a file; expected a run directory")])
+    manifest = root / "manifest.json"
+    try:
+        data = json.loads(manifest.read_bytes())
+    except FileNotFoundError:
+        problem = Problem(
+            "manifest.json", "missing; expected the manifest `veil run` writes (not a run directory?)"
+        )
+        raise ScenarioError(where, [problem]) from None
+    except OSError as err:
+        raise ScenarioError(where, [Problem("manifest.json", f"cannot read: {err.strerror}")]) from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        what = (
+            f"line {err.lineno}, column {err.colno}: {err.msg}"
+            if isinstance(err, json.JSONDecodeError)
+            else err
+        )
+        problem = Problem(
+            "manifest.json", f"not valid JSON ({what}); expected the manifest `veil run` writes"
+        )
+        raise ScenarioError(where, [problem]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        problem = Problem(
+            "manifest.json", "expected a JSON object with a 'stages' mapping, as `veil run` writes"
+        )
+        raise ScenarioError(where, [problem])
+    load_scenario(root / "scenario.yaml")  # its own ScenarioError names the file
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:  # the inputs first, before torch and flwr load and before anything is written
+        if args.resume and args.set:
+            print(
+                "veil run: --set cannot change a resumed run; it keeps its resolved scenario", file=sys.stderr
+            )
+            return EXIT_INVALID
+        if args.resume:
+            check_resumable(Path(args.resume))
+        else:
+            if not args.file:
+                print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
+                return EXIT_INVALID
+            scenario = load_scenario(args.file, args.set)
+            out = Path(args.out)
+            if out.exists() and not out.is_dir():
+                raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
+    except ScenarioError as err:
+        print(err, file=sys.stderr)
+        return EXIT_INVALID
+
     from simulator.launcher import (  # torch and flwr load here, not for validate
         RunFailed,
         resume_run,
@@ -29,19 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     try:
-        if args.resume and args.set:
-            print(
-                "veil run: --set cannot change a resumed run; it keeps its resolved scenario", file=sys.stderr
-            )
-            return EXIT_INVALID
         if args.resume:
-            run_dir = resume_run(Path(args.resume), ray_address=args.ray_address)
+            run_dir = resume_run(Path(args.resume), engine=args.engine, ray_address=args.ray_address)
         else:
-            if not args.file:
-                print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
-                return EXIT_INVALID
-            scenario = load_scenario(args.file, args.set)
-            run_dir = start_run(scenario, out=Path(args.out), ray_address=args.ray_address)
+            run_dir = start_run(scenario, out=out, engine=args.engine, ray_address=args.ray_address)
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
@@ -118,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"
     )
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting one")
+    p.add_argument(
+        "--engine",
+        choices=("flower", "inline"),
+        default="flower",
+        help="flower: a Flower simulation on Ray, one node per party (default); "
+        "inline: every party in this process, no Flower, no Ray (debugging, profiling)",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser(

@@ -1,17 +1,18 @@
-"""Start (or resume) a run: a run directory, then a Flower simulation on Ray with one node per party."""
+"""Start (or resume) a run: a run directory, then an engine (by default a Flower simulation on Ray with
+one node per party) that drives its stages."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from simulator.courier import RunFailed
+from simulator.engines import RunFailed, get_engine
 from simulator.rundir import RunDir
-from simulator.schema import STAGES, Scenario
+from simulator.schema import Scenario
+from simulator.stages import stage_order
 
 # Before flwr/ray are imported: no telemetry, no Ray accelerator warning.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -49,60 +50,11 @@ def _log(text: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
 
-def _backend_config(scenario: Scenario, ray_address: str | None) -> dict[str, object]:
-    import torch
-
-    gpus = scenario.resources.num_gpus
-    if gpus > 0 and not torch.cuda.is_available():
-        # Asking Ray for GPU shares without a GPU makes the nodes never start.
-        _log(f"[yellow]resources.num_gpus={gpus} but no CUDA device here; nodes get CPU only[/]")
-        gpus = 0.0
-    init_args: dict[str, object] = {"include_dashboard": False, "log_to_driver": False}
-    if ray_address:
-        init_args = {"address": ray_address}
-    return {
-        "client_resources": {"num_cpus": scenario.resources.num_cpus, "num_gpus": gpus},
-        "init_args": init_args,
-    }
-
-
-class _KnownDeprecation(logging.Filter):
-    """Drop Flower's notice that `run_simulation` is deprecated: Veil uses it on purpose (an in-process
-    simulation with the server in this process); see FLOWER-NOTES.md."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "`run_simulation` function is deprecated" not in record.getMessage()
-
-
-_KNOWN_DEPRECATION = _KnownDeprecation()
-
-
-def _simulate(run: RunDir, ray_address: str | None) -> None:
-    import warnings
-
-    from flwr.simulation import run_simulation
-
-    from simulator import client_app, node
-    from simulator.server_app import make_server_app
-
-    scenario = run.scenario()
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("flwr").addFilter(_KNOWN_DEPRECATION)  # added once: the same object
-    failures: list[BaseException] = []
-    _log(f"run [bold]{run.root}[/]")
+def _simulate(run: RunDir, engine: str, ray_address: str | None) -> None:
+    _log(f"run [bold]{run.root}[/] ({engine} engine)")
     t0 = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(
-            server_app=make_server_app(run, _log, failures),
-            client_app=client_app.app,
-            num_supernodes=len(node.parties(scenario)),
-            backend_config=_backend_config(scenario, ray_address),  # type: ignore[arg-type]
-        )
-    if failures:
-        raise RunFailed(str(failures[0])) from failures[0]
-    missing = [s for s in STAGES if not run.stage_done(s)]
+    get_engine(engine)(run, _log, ray_address)
+    missing = [s.name for s in stage_order() if not run.stage_done(s.name)]
     if missing:
         raise RunFailed(
             f"the simulation ended before stage(s) {', '.join(missing)} finished; see the log above"
@@ -110,14 +62,16 @@ def _simulate(run: RunDir, ray_address: str | None) -> None:
     _log(f"all stages done in {time.monotonic() - t0:.1f} s")
 
 
-def start_run(scenario: Scenario, *, out: Path, ray_address: str | None = None) -> Path:
+def start_run(
+    scenario: Scenario, *, out: Path, engine: str = "flower", ray_address: str | None = None
+) -> Path:
     run = RunDir.create(scenario, out)
-    _simulate(run, ray_address)
+    _simulate(run, engine, ray_address)
     return run.root
 
 
-def resume_run(root: Path, *, ray_address: str | None = None) -> Path:
+def resume_run(root: Path, *, engine: str = "flower", ray_address: str | None = None) -> Path:
     run = RunDir.open(root)
     run.drop_torn_audit_line()
-    _simulate(run, ray_address)
+    _simulate(run, engine, ray_address)
     return run.root

@@ -8,13 +8,26 @@ exist) are all reported together, each with its YAML path.
 from __future__ import annotations
 
 import difflib
+import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from entities import registry
+from simulator.yamlio import YamlRefused, decode, loads
 
 SCHEMA_VERSION: Final = 1
 STAGES = ("prepare", "pretrain", "poison", "refine", "codes", "access")
@@ -22,8 +35,67 @@ DPM_STAGES = ("prepare", "pretrain", "poison", "refine")  # skipped when a scena
 DATA_OWNER_STAGES = ("codes", "access")  # skipped when a scenario has no data owner
 
 
+def _number_shape(annotation: Any) -> str | None:
+    """'one' for a number field (int, float, Literal[1], optionally None), 'list' for a list of numbers."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation in (int, float):
+        return "one"
+    if origin is Literal:
+        return "one" if any(type(a) in (int, float) for a in args) else None
+    if origin is list and args and args[0] in (int, float):
+        return "list"
+    if args and origin is not list:  # a union: int | None
+        shapes = {_number_shape(a) for a in args if a is not type(None)}
+        return "one" if shapes == {"one"} else None
+    return None
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """YAML's true/false are not numbers, though pydantic alone reads `epochs: true` as 1: each one
+        given for a number is swapped for a stand-in that fails validation where it stands."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias if field.alias in data else name
+            shape = _number_shape(field.annotation) if key in data else None
+            value = data.get(key)
+            if shape == "one" and isinstance(value, bool):
+                out[key] = Boolean(value)
+            elif shape == "list" and isinstance(value, list):
+                out[key] = [Boolean(v) if isinstance(v, bool) else v for v in value]
+        return out
+
+
+class Boolean:
+    """A YAML true/false where a number is expected: no number validates it, and the error says so."""
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return str(self.value).lower()
+
+
+def choice(family: registry.Registry[Any]) -> Any:
+    """A string field whose value must be one of a registry's names (entities.registry)."""
+
+    def check(value: str) -> str:
+        if value not in family.names:
+            raise ValueError(f"got {value!r}; expected one of: {', '.join(map(repr, family.names))}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+Optimizer = choice(registry.OPTIMIZERS)
+Objective = choice(registry.OBJECTIVES)
+Sampler = choice(registry.SAMPLERS)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -51,6 +123,14 @@ class PhotosDataset(Strict):
     jitter: float = Field(
         0.0, ge=0, le=1, description="per-patch contrast/brightness/colour changes (see entities.data.jitter)"
     )
+    seed: int | None = Field(
+        None,
+        description="chooses the task: which photos, which patches, the partitions (default: the run seed)",
+    )
+
+    @property
+    def side(self) -> int:
+        return self.patch
 
     @field_validator("task_classes")
     @classmethod
@@ -67,6 +147,11 @@ class ImageFolderDataset(Strict):
     root: Path
     image_size: int = Field(224, ge=16)
     public_fraction: float = Field(0.5, gt=0, lt=1, description="share of classes that form D_q")
+    seed: int | None = Field(None, description="chooses the task split (default: the run seed)")
+
+    @property
+    def side(self) -> int:
+        return self.image_size
 
 
 Dataset = Annotated[PhotosDataset | ImageFolderDataset, Field(discriminator="kind")]
@@ -87,11 +172,11 @@ class Training(Strict):
     lr: float = Field(gt=0)
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(5e-4, ge=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Optimizer = "sgd"
     min_steps: int = Field(0, ge=0, description="train at least this many steps (more epochs on small data)")
 
 
-class Reconstructor(Strict):
+class ReconstructorSection(Strict):
     """The paper's R: inverse bottleneck blocks before each x2 upscale, then an image head."""
 
     blocks_per_upscale: int = Field(2, ge=1)
@@ -107,7 +192,7 @@ class DPMShape(Strict):
 
 class DPMTraining(Training):
     lam: float = Field(alias="lambda", gt=0, description="weight of SSIM(R(P(F(x))), x) in the loss")
-    objective: Literal["ce", "distill"] = Field(
+    objective: Objective = Field(
         "ce",
         description=(
             "the task term: 'ce' is the paper's CE(C(P(F(x))), y); 'distill' is KL(C(F(x)) || C(P(F(x)))), "
@@ -123,7 +208,7 @@ class DPMTraining(Training):
         ),
     )
     weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["sgd", "adam"] = "adam"
+    optimizer: Optimizer = "adam"
     share_mirrored: bool = Field(
         True, description="also share (and refine on) the features of each image's mirror image"
     )
@@ -169,6 +254,11 @@ class Source:
             return cls("original", owner)
         if head == "raw" and tail == "all":
             return cls("raw", "all")
+        if head in ("original", "poisoned") and tail == "all":
+            raise ValueError(
+                f"{text!r} is not a data source; only raw:all means all of D_p "
+                f"(features come from one entity's DPM: {head}:<entity>)"
+            )
         if head in ("original", "poisoned") and tail:
             return cls(head, tail)  # type: ignore[arg-type]
         raise ValueError(f"{text!r} is not a data source; expected one of {', '.join(SOURCE_KINDS)}")
@@ -233,7 +323,7 @@ class Autoencoder(Strict):
         return value
 
 
-class AuthorisedUser(Strict):
+class UserGrant(Strict):
     """A user the data owner gives keys to: it can reconstruct the granted images, no others."""
 
     name: str = Field(pattern=PARTY_NAME)
@@ -261,12 +351,12 @@ class DataOwner(Strict):
     k: int = Field(ge=1, description="non-zeros per code map of the published codes")
     k_small: int = Field(ge=1, description="a smaller k, also measured (the paper's k=64 row)")
     k_prime: int = Field(ge=1, description="non-zeros per map after ambiguation (k' - k fakes)")
-    sampler: Literal["ctg", "empirical"] = Field(
+    sampler: Sampler = Field(
         "ctg", description="law of the fake values: complementary truncated Gaussian, or the true magnitudes"
     )
     sweep_k: list[int] = Field(default_factory=list, description="k values of the rate-distortion curve")
     jpeg_qualities: list[int] = Field(default_factory=list, description="JPEG qualities of the curve")
-    users: list[AuthorisedUser] = Field(default_factory=list)
+    users: list[UserGrant] = Field(default_factory=list)
 
     @field_validator("jpeg_qualities")
     @classmethod
@@ -294,7 +384,7 @@ class Scenario(Strict):
     backbone: Backbone = Backbone()
     # The Deep Poisoning parties; pretrain, reconstructor, dpm and refine are required with entities.
     pretrain: Training | None = None
-    reconstructor: Reconstructor | None = None
+    reconstructor: ReconstructorSection | None = None
     leader: str | None = Field(None, description="entity that pre-trains F, C and R (default: the first)")
     entities: list[Entity] = Field(default_factory=list)
     dpm: DPMTraining | None = None
@@ -303,6 +393,11 @@ class Scenario(Strict):
     data_owner: DataOwner | None = Field(None, description="the sparse-codes data owner and its users")
     resources: Resources = Resources()
     timeouts: Timeouts = Timeouts()
+
+    @property
+    def task_seed(self) -> int:
+        """The seed that chooses the task (`dataset.seed`, by default the run seed)."""
+        return self.seed if self.dataset.seed is None else self.dataset.seed
 
     @property
     def leading_entity(self) -> str:
@@ -324,7 +419,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        message = self.message  # a value echoed back is cut short: errors never print a whole input
+        return f"{self.path}: {message if len(message) <= 400 else message[:397] + '...'}"
 
 
 class ScenarioError(Exception):
@@ -400,6 +496,8 @@ def _structural_problems(err: ValidationError) -> list[Problem]:
             loc = (*loc, "kind")
             got = f"got {e['ctx']['tag']!r}" if e["type"] == "union_tag_invalid" else "missing"
             msg = f"{got}; expected one of: {', '.join(map(repr, DATASETS))}"
+        elif isinstance(e.get("input"), Boolean):
+            msg = f"got {e['input']!r}; expected a number, not true/false"
         elif e["type"] == "value_error" and "error" in e.get("ctx", {}):
             msg = str(e["ctx"]["error"])  # our own message, without pydantic's "Value error, " prefix
         problems.append(Problem(_yaml_path(loc), msg))
@@ -470,7 +568,7 @@ def _semantic_problems(data: dict[str, Any]) -> list[Problem]:
         if row.label in seen:
             problems.append(Problem(f"collaboration[{i}].label", f"duplicate row label {row.label!r}"))
         seen.add(row.label)
-    return problems + _party_problems(data) + _data_owner_problems(data)
+    return problems + _party_problems(data) + _data_owner_problems(data) + _input_problems(data)
 
 
 def _int(mapping: Any, key: str) -> int | None:
@@ -550,12 +648,18 @@ def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
             n_images = photos.task_classes * photos.test_per_class
         except ValidationError:
             pass  # reported by the structural pass
-    entity_names = {e.get("name") for e in data.get("entities") or [] if isinstance(e, dict)}
+    listed = data.get("entities")
+    raw_entities: list[Any] = listed if isinstance(listed, list) else []
+    entity_names = {
+        e.get("name") for e in raw_entities if isinstance(e, dict) and isinstance(e.get("name"), str)
+    }
     owner_name = owner.get("name", "owner")
+    if not isinstance(owner_name, str):
+        owner_name = None  # reported by the structural pass
     if owner_name in entity_names:
         problems.append(Problem(f"{at}.name", f"{owner_name!r} is already an entity's name"))
     seen: set[str] = set()
-    for i, user in _well_formed(AuthorisedUser, owner.get("users")):
+    for i, user in _well_formed(UserGrant, owner.get("users")):
         if user.name in entity_names or user.name == owner_name or user.name in seen:
             what = (
                 "an entity's"
@@ -575,6 +679,148 @@ def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
                         "(dataset.task_classes x dataset.test_per_class)",
                     )
                 )
+    return problems
+
+
+NAME_MAX: Final = 64  # party and scenario names become directory names (a run's is name + a time stamp)
+SEED_MAX: Final = 2**32 - 1
+MAX_FILE_BYTES: Final = 1 << 20
+MIN_TRAIN_IMAGES: Final = 2  # entities.training.fit skips a batch of one (BatchNorm needs two)
+MAX_DATASET_GIB: Final = 16  # every party process builds the dataset in memory
+# The built-in photos (len(entities.data.PHOTOS)) and each split's downsampling (entities.nets.SPLITS):
+# copied here because those modules load torch; tests/test_hostile.py keeps them equal.
+PHOTOS_SHIPPED: Final = 19
+SPLIT_STRIDE: Final = {"conv2_x": 4, "conv3_x": 8, "conv4_x": 16}
+
+
+def _count(value: int) -> str:
+    """An integer as a message shows it: a huge one by its length, not its 4000 digits."""
+    text = str(value) if abs(value) < 10**15 else f"a {len(str(abs(value)))}-digit number"
+    return text
+
+
+def _input_problems(data: dict[str, Any]) -> list[Problem]:
+    """What the types allow but a run cannot use: seeds out of range, a geometry the nets cannot
+    round-trip, more images asked of the data than it holds, names that cannot be directory names."""
+    problems = []
+    raw = data.get("dataset", {})
+    dataset: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    for path, seed in (("seed", _int(data, "seed")), ("dataset.seed", _int(dataset, "seed"))):
+        if seed is not None and not 0 <= seed <= SEED_MAX:
+            problems.append(Problem(path, f"got {_count(seed)}; expected a seed in [0, 2^32 - 1]"))
+
+    # geometry: F downsamples by the split's stride, R upsamples x2 back; a side that is not a multiple
+    # comes back rounded up (R(F(x)) would not be the image's size) and the SSIM term cannot be computed
+    raw = data.get("backbone", {})
+    backbone: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    split = backbone.get("split", Backbone.model_fields["split"].default)
+    kind = dataset.get("kind", "photos")
+    side_key = {"photos": "patch", "image_folder": "image_size"}.get(kind) if isinstance(kind, str) else None
+    model = DATASETS.get(kind) if isinstance(kind, str) else None
+    entities = data.get("entities")
+    if isinstance(split, str) and split in SPLIT_STRIDE and side_key and model and isinstance(entities, list):
+        stride = SPLIT_STRIDE[split]
+        side = _int(dataset, side_key) if side_key in dataset else model.model_fields[side_key].default
+        if entities and side is not None and side > 0 and side % stride:
+            problems.append(
+                Problem(
+                    f"dataset.{side_key}",
+                    f"{side} is not a multiple of {stride}: F (split {split}) downsamples by {stride} and R "
+                    f"upsamples x2 {int(math.log2(stride))} times, so R(F(x)) would be "
+                    f"{stride * math.ceil(side / stride)} pixels; expected a multiple of {stride}, "
+                    f"e.g. {max(stride, side // stride * stride)}",
+                )
+            )
+        shift = _int(data.get("refine"), "shift")
+        if entities and side is not None and shift is not None and side >= stride and shift >= side // stride:
+            problems.append(
+                Problem(
+                    "refine.shift",
+                    f"{shift} cells, but the features are {side // stride} cells wide ({side_key} {side} / "
+                    f"{stride}); expected fewer",
+                )
+            )
+
+    # counts: the photos hold so many classes; each entity needs images to train on
+    photos = None
+    if kind == "photos":
+        try:
+            photos = PhotosDataset.model_validate(dataset)
+        except ValidationError:
+            pass  # reported by the structural pass
+    if photos is not None:
+        wanted = photos.task_classes + photos.public_classes
+        if wanted > PHOTOS_SHIPPED:
+            problems.append(
+                Problem(
+                    "dataset.public_classes",
+                    f"task_classes + public_classes = {_count(wanted)}, but {PHOTOS_SHIPPED} photos ship "
+                    "with scikit-image; expected at most that many classes in all",
+                )
+            )
+        n_train = photos.task_classes * photos.train_per_class
+        for i, entity in _well_formed(Entity, entities):
+            got = max(1, round(entity.fraction * n_train))
+            if got < MIN_TRAIN_IMAGES:
+                problems.append(
+                    Problem(
+                        f"entities[{i}].fraction",
+                        f"{entity.fraction:g} of the {_count(n_train)} training images "
+                        f"(dataset.task_classes x dataset.train_per_class) is {got}; "
+                        f"expected at least {MIN_TRAIN_IMAGES} per entity "
+                        "(a batch of one cannot train: BatchNorm needs two)",
+                    )
+                )
+        public = photos.public_per_class or photos.train_per_class
+        images = photos.task_classes * (photos.train_per_class + photos.test_per_class)
+        images += photos.public_classes * (public + photos.test_per_class)
+        sides = [photos.patch]
+        owner = data.get("data_owner")
+        owner_side = _int(owner, "image_size") if isinstance(owner, dict) else None
+        if owner_side is not None and owner_side > 0:
+            sides.append(owner_side)
+        gib = images * 3 * max(sides) ** 2 / 2**30
+        if gib > MAX_DATASET_GIB:
+            problems.append(
+                Problem(
+                    "dataset.train_per_class",
+                    f"the dataset would take {_count(round(gib))} GiB ({_count(images)} images of "
+                    f"{max(sides)}x{max(sides)} pixels) in every party's memory; expected at most "
+                    f"{MAX_DATASET_GIB} GiB",
+                )
+            )
+
+    # names: each party's directory, and the run directory
+    names: list[tuple[str, str]] = []
+    if isinstance(data.get("name"), str):
+        names.append(("name", data["name"]))
+    for i, entity in enumerate(entities if isinstance(entities, list) else []):
+        if isinstance(entity, dict) and isinstance(entity.get("name"), str):
+            names.append((f"entities[{i}].name", entity["name"]))
+    owner = data.get("data_owner")
+    if isinstance(owner, dict):
+        if isinstance(owner.get("name"), str):
+            names.append(("data_owner.name", owner["name"]))
+        users = owner.get("users")
+        for j, user in enumerate(users if isinstance(users, list) else []):
+            if isinstance(user, dict) and isinstance(user.get("name"), str):
+                names.append((f"data_owner.users[{j}].name", user["name"]))
+    for path, name in names:
+        if len(name) > NAME_MAX:
+            problems.append(
+                Problem(path, f"{len(name)} characters; expected at most {NAME_MAX} (it names a directory)")
+            )
+    seen: dict[str, str] = {}
+    for path, name in names[1:]:  # the parties; `name` is the scenario's
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            problems.append(
+                Problem(
+                    path,
+                    f"{name!r} differs from {other!r} only in case; party names are directory names, "
+                    "which a case-insensitive file system would merge",
+                )
+            )
     return problems
 
 
@@ -607,9 +853,11 @@ def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> None:
             problems.append(Problem(where, "expected KEY=VALUE, e.g. dpm.objective=distill"))
             continue
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            problems.append(Problem(where, f"the value {text!r} is not valid YAML"))
+            value = loads(text)
+        except YamlRefused as err:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            message = f"the value is not valid YAML ({err.where}: {err.message}): {shown!r}"
+            problems.append(Problem(where, message))
             continue
         parts = key.replace("[", ".").replace("]", "").split(".")  # entities[1].fraction as errors print it
         node = data
@@ -636,16 +884,17 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     """Read and validate a scenario file, with `--set` overrides. The name defaults to the file's stem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except IsADirectoryError:
+        problem = Problem("(file)", "is a directory; expected a scenario file")
+        raise ScenarioError(str(path), [problem]) from None
     except OSError as err:
         raise ScenarioError(str(path), [Problem("(file)", f"cannot read: {err.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        problem = Problem(where, f"not valid YAML: {getattr(err, 'problem', err)}")
-        raise ScenarioError(str(path), [problem]) from None
+        data = loads(decode(raw))
+    except YamlRefused as err:
+        raise ScenarioError(str(path), [Problem(err.where, err.message)]) from None
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
         apply_overrides(data, overrides, str(path))

@@ -1,0 +1,67 @@
+"""The Flower apps: the ServerApp that drives a run, and the one ClientApp every node runs.
+
+The ClientApp registers one handler per registered stage, plus `query.whoami`; a node learns its party
+from its partition id (its index in `roles.parties`), and hands each task to `simulator.node`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from simulator import node, roles
+from simulator.cache import scenario_of
+from simulator.engines import Log, drive
+from simulator.engines.flower import codec
+from simulator.engines.flower.grid import AuditedGrid
+from simulator.engines.flower.session import FlowerSession
+from simulator.protocol import Task
+from simulator.rundir import RunDir
+from simulator.stages import STAGES
+
+
+def _party(msg: Message, context: Context) -> tuple[Path, str]:
+    root = Path(str(codec.header(msg.content)["run_dir"]))
+    names = [p.name for p in roles.parties(scenario_of(root))]
+    pid = int(context.node_config["partition-id"])
+    if not 0 <= pid < len(names):
+        raise ValueError(f"partition id {pid} has no party; the scenario has {len(names)}")
+    return root, names[pid]
+
+
+def make_client_app() -> ClientApp:
+    app = ClientApp()
+
+    @app.query("whoami")
+    def whoami(msg: Message, context: Context) -> Message:
+        root, name = _party(msg, context)
+        return Message(content=codec.encode(node.hello(root, name)), reply_to=msg)
+
+    def handle(msg: Message, context: Context) -> Message:
+        root, name = _party(msg, context)
+        head = codec.header(msg.content)
+        task = Task(str(head["stage"]), str(head["party"]), codec.decode(msg.content), key=str(head["key"]))
+        return Message(content=codec.encode(node.handle(root, name, task)), reply_to=msg)
+
+    for stage_name in STAGES.names:
+        app.train(stage_name)(handle)
+    return app
+
+
+def make_server_app(run: RunDir, log: Log, failures: list[BaseException]) -> ServerApp:
+    """A ServerApp bound to one run directory. Under run_simulation it runs in a thread of this
+    process, so an exception is kept in `failures` for the launcher to raise."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            timeout = run.scenario().timeouts.stage_seconds
+            drive(run, FlowerSession(AuditedGrid(grid, run), str(run.root), timeout=timeout), log)
+        except BaseException as err:  # noqa: BLE001 - handed to the launcher, which fails loudly
+            failures.append(err)
+
+    return app

@@ -1,0 +1,59 @@
+"""Start the Flower simulation of one run: the ServerApp in this process, one SuperNode per party on Ray."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from flwr.simulation import run_simulation
+
+from simulator import roles
+from simulator.engines import Log, RunFailed
+from simulator.engines.flower.apps import make_client_app, make_server_app
+from simulator.rundir import RunDir
+from simulator.schema import Scenario
+
+
+def backend_config(scenario: Scenario, ray_address: str | None, log: Log) -> dict[str, object]:
+    gpus = scenario.resources.num_gpus
+    if gpus > 0 and not torch.cuda.is_available():
+        # Asking Ray for GPU shares without a GPU makes the nodes never start.
+        log(f"[yellow]resources.num_gpus={gpus} but no CUDA device here; nodes get CPU only[/]")
+        gpus = 0.0
+    init_args: dict[str, object] = {"include_dashboard": False, "log_to_driver": False}
+    if ray_address:
+        init_args = {"address": ray_address}
+    return {
+        "client_resources": {"num_cpus": scenario.resources.num_cpus, "num_gpus": gpus},
+        "init_args": init_args,
+    }
+
+
+class _KnownDeprecation(logging.Filter):
+    """Drop Flower's notice that `run_simulation` is deprecated: Veil uses it on purpose (an in-process
+    simulation with the server in this process); see FLOWER-NOTES.md."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+_KNOWN_DEPRECATION = _KnownDeprecation()
+
+
+def simulate(run: RunDir, log: Log, ray_address: str | None) -> None:
+    scenario = run.scenario()
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("flwr").addFilter(_KNOWN_DEPRECATION)  # added once: the same object
+    failures: list[BaseException] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(
+            server_app=make_server_app(run, log, failures),
+            client_app=make_client_app(),
+            num_supernodes=len(roles.parties(scenario)),
+            backend_config=backend_config(scenario, ray_address, log),  # type: ignore[arg-type]
+        )
+    if failures:
+        raise RunFailed(str(failures[0])) from failures[0]

@@ -1,0 +1,64 @@
+"""The inline engine: every party in this process, one task after another; no Flower, no Ray.
+
+The same stage code runs as under Flower, and every task and reply is audited the same way; only the
+carrier differs. For debugging (a breakpoint in a party's work), profiling, and tests.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from simulator import node, roles
+from simulator.engines import ENGINES, Log, OnReply, RunFailed, drive
+from simulator.protocol import Task, describe
+from simulator.rundir import RunDir
+
+SERVER = "server"
+
+
+class InlineSession:
+    def __init__(self, run: RunDir, log: Log):
+        self.run = run
+        self.log = log
+
+    def _audit(self, msg_type: str, sender: str, receiver: str, payload: Any, **extra: Any) -> None:
+        parts, size = describe(payload)
+        self.run.audit(
+            {
+                "t": round(time.time(), 3),
+                "type": msg_type,
+                "sender": sender,
+                "receiver": receiver,
+                "records": parts,
+                "bytes": size,
+                **extra,
+            }
+        )
+
+    def discover(self, parties: list[roles.Party]) -> dict[str, bytes]:
+        keys = {}
+        for party in parties:
+            reply = node.hello(self.run.root, party.name)
+            self._audit("query.whoami", party.name, SERVER, reply)
+            keys[party.name] = reply.config["public_key"]
+        return keys  # type: ignore[return-value]
+
+    def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
+        for task in tasks:
+            self._audit(f"train.{stage}", SERVER, task.party, task.payload, key=task.key)
+            try:
+                reply = node.handle(self.run.root, task.party, task)
+            except Exception as err:
+                raise RunFailed(
+                    f"stage {stage!r}: node of {task.party} failed on {task.key}: {type(err).__name__}: {err}"
+                ) from err
+            self._audit(f"train.{stage}", task.party, SERVER, reply, key=task.key)
+            on_reply(task, reply)
+
+
+@ENGINES.register("inline")
+def run_inline(run: RunDir, log: Log, ray_address: str | None = None) -> None:
+    if ray_address:
+        raise ValueError("--ray-address needs the flower engine; the inline engine runs in this process")
+    drive(run, InlineSession(run, log), log)

@@ -1,0 +1,86 @@
+"""What a stage is: its server-side plan, a party's work for one task, and what replies become.
+
+    @register
+    class Poison(Stage):
+        name = "poison"
+        roles = frozenset({Role.ENTITY})
+        def plan(self, server): ...          # the tasks, in order (at most one in flight per party)
+        def work(self, view, task): ...      # on the party's node, with only the party's view
+        def collect(self, server, task, reply): ...   # on the server, as each reply arrives
+
+Stages run in the order they register (simulator/stages/__init__.py imports them in run order); a test
+or a plugin registering one more appends it. Nothing outside a stage's module names it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from entities.registry import Registry
+from simulator.protocol import Payload, Record, Task
+from simulator.roles import Party, Role
+from simulator.rundir import RunDir
+from simulator.schema import Scenario
+from simulator.views import PartyView
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Server:
+    """The server's side of one run, as stages see it: the scenario, the run directory, what it learnt."""
+
+    run: RunDir
+    scenario: Scenario
+    parties: list[Party]
+    log: Log
+    public_keys: dict[str, bytes] = field(default_factory=dict)  # party -> its X25519 public key
+    records: list[Record] = field(default_factory=list)  # the current stage's, written when it ends
+
+    def of_role(self, role: Role) -> list[str]:
+        return [p.name for p in self.parties if p.role is role]
+
+    def audit(self, event_type: str, **fields: Any) -> None:
+        self.run.audit({"t": round(time.time(), 3), "type": event_type, **fields})
+
+
+class Stage:
+    """One step of a run. Subclasses set `name` and `roles` and implement `plan`, `work`, `collect`."""
+
+    name: ClassVar[str] = ""
+    roles: ClassVar[frozenset[Role]] = frozenset()  # who may be sent this stage's tasks
+
+    def absent(self, scenario: Scenario) -> str:
+        """Why this stage has no work in `scenario` ("" when it has)."""
+        return ""
+
+    def plan(self, server: Server) -> list[Task]:
+        raise NotImplementedError
+
+    def work(self, view: PartyView, task: Task) -> Payload:
+        raise NotImplementedError
+
+    def collect(self, server: Server, task: Task, reply: Payload) -> None:
+        """Turn a reply into records (default: keep the reply's records)."""
+        server.records += reply.records
+
+    def finish(self, server: Server) -> None:
+        """After the last reply (default: write the stage's records as one unit named after it)."""
+        server.run.write_results(self.name, server.records)
+
+
+STAGES: Registry[Stage] = Registry("stage")
+S = TypeVar("S", bound=type[Stage])
+
+
+def register(cls: S) -> S:
+    """Class decorator: add a stage (one instance) to the run order."""
+    STAGES.register(cls.name)(cls())
+    return cls
+
+
+def stage_order() -> list[Stage]:
+    return [stage for _, stage in STAGES.items()]

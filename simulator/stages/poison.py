@@ -1,0 +1,88 @@
+"""`poison`: each entity trains its private DPM, measures it (Tables 1 and 2), and publishes poisoned
+features with their labels to the pool. The DPM stays in the entity's private directory."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from entities import entity as E
+from simulator import cache
+from simulator.protocol import Payload, Publication, Record, Task
+from simulator.roles import Role
+from simulator.schema import Scenario
+from simulator.stages.base import Server, Stage, register
+from simulator.stages.prepare import own_partition
+from simulator.views import PartyView
+
+DPM_FILE = "dpm.pt"
+
+
+def mirrored(scenario: Scenario) -> bool:
+    """Whether the pool holds each image's mirror image too (`dpm.share_mirrored`)."""
+    assert scenario.dpm is not None, "a Deep Poisoning stage ran for a scenario without a dpm section"
+    return scenario.dpm.share_mirrored
+
+
+@register
+class Poison(Stage):
+    name = "poison"
+    roles = frozenset({Role.ENTITY})
+
+    def absent(self, scenario: Scenario) -> str:
+        return "" if scenario.entities else "the scenario has no entities"
+
+    def plan(self, server: Server) -> list[Task]:
+        # Original (unprotected) features are published only for the table's reference rows.
+        wanted_original = {
+            src.of
+            for row in server.scenario.collaboration
+            for src in row.sources()
+            if src.kind == "original" and src.of != row.entity
+        }
+        nets = server.run.load_nets()
+        arrays = {name: cache.to_numpy(nets[name]) for name in ("featurizer", "decider", "reconstructor")}
+        return [
+            Task(self.name, p, Payload(config={"publish_original": p in wanted_original}, arrays=arrays))
+            for p in server.of_role(Role.ENTITY)
+        ]
+
+    def work(self, view: PartyView, task: Task) -> Payload:
+        s = view.scenario
+        assert s.dpm is not None
+        nets = cache.shared_nets(view, task.payload.arrays)
+        images, labels = own_partition(view)
+        entity = s.entity(view.name)
+        seed = E.derive_seed(s.seed + entity.seed_offset, "poison", view.name)
+        dpm = E.train_dpm(s.dpm, entity.dpm, nets, images, labels, seed=seed)
+        buffer = io.BytesIO()
+        torch.save(dpm.state_dict(), buffer)
+        view.write_private(DPM_FILE, buffer.getvalue())
+        measured = E.measure_dpm(nets, dpm, cache.dataset(view).task_test)
+
+        mirror = mirrored(s)
+        shared_labels = np.concatenate([labels, labels]) if mirror else labels
+        shards = [
+            view.pool.publish(
+                "poisoned", E.featurize(nets.featurizer, images, dpm, mirrored=mirror).numpy(), shared_labels
+            )
+        ]
+        if task.payload.config["publish_original"]:  # NOT protected: for the reference rows only
+            shards.append(
+                view.pool.publish(
+                    "original", E.featurize(nets.featurizer, images, mirrored=mirror).numpy(), shared_labels
+                )
+            )
+        publications = [
+            Publication("pool", f"{x.owner}/{x.name}", x.shape, x.dtype, x.sha256) for x in shards
+        ]
+        return Payload(metrics=measured, publications=publications)
+
+    def collect(self, server: Server, task: Task, reply: Payload) -> None:
+        for kind in ("original", "poisoned"):
+            for table, metrics in (("table1", ("top1", "top5")), ("table2", ("l1", "ssim"))):
+                for metric in metrics:
+                    value = reply.number(f"{metric}_{kind}")
+                    server.records.append(Record(table, None, kind, task.party, metric, value))

@@ -1,0 +1,64 @@
+"""`pretrain`: the leader trains F + C on its own images and R on the public set; F, C, R go to everyone."""
+
+from __future__ import annotations
+
+import time
+
+from entities import entity as E
+from simulator import cache
+from simulator.protocol import Payload, Record, Task
+from simulator.roles import Role
+from simulator.schema import Scenario
+from simulator.stages.base import Server, Stage, register
+from simulator.stages.prepare import own_partition
+from simulator.views import PartyView
+
+SHARED_NETS = ("featurizer", "decider", "reconstructor")
+
+
+def own_raw_seed(scenario: Scenario, party: str) -> int:
+    """The seed of a classifier trained on a party's own raw images alone.
+
+    The leader's pre-training and its "own raw images" table row share it, so that row is the very
+    classifier the leader shared (retrained bit for bit), and the rows refined from its C compare with it.
+    """
+    return E.derive_seed(scenario.seed + scenario.entity(party).seed_offset, "own:raw", party)
+
+
+@register
+class Pretrain(Stage):
+    name = "pretrain"
+    roles = frozenset({Role.ENTITY})
+
+    def absent(self, scenario: Scenario) -> str:
+        return "" if scenario.entities else "the scenario has no entities"
+
+    def plan(self, server: Server) -> list[Task]:
+        return [Task(self.name, server.scenario.leading_entity)]
+
+    def work(self, view: PartyView, task: Task) -> Payload:
+        s = view.scenario
+        assert s.pretrain is not None and s.reconstructor is not None  # the schema requires them
+        data = cache.dataset(view)
+        images, labels = own_partition(view)
+        seed = own_raw_seed(s, view.name)
+        t0 = time.monotonic()
+        featurizer, decider = E.train_classifier(
+            s.backbone, s.pretrain, images, labels, len(data.task_train.classes), seed=seed
+        )
+        t1 = time.monotonic()
+        recon = E.train_reconstructor(
+            s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
+        )
+        t2 = time.monotonic()
+        nets = E.SharedNets(featurizer, decider, recon)
+        acc = E.evaluate(featurizer, decider, data.task_test)
+        return Payload(
+            arrays={name: cache.to_numpy(state) for name, state in nets.state_dicts().items()},
+            metrics={**acc, "classifier_s": t1 - t0, "reconstructor_s": t2 - t1},
+        )
+
+    def collect(self, server: Server, task: Task, reply: Payload) -> None:
+        server.run.save_nets({name: cache.to_torch(reply.arrays[name]) for name in SHARED_NETS})
+        for metric in ("top1", "top5", "classifier_s", "reconstructor_s"):
+            server.records.append(Record("pretrain", None, "F+C", task.party, metric, reply.number(metric)))

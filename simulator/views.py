@@ -1,0 +1,125 @@
+"""What a party may touch: its view of the run, built from its role, never the run root.
+
+A view holds the party's own private directory (0700, files 0600), the pool, the public directory, the
+keys issued to it, and the scenario. Reading shared or issued material goes through the view and is
+recorded (what, digest); the records travel back with the reply and the server writes them to the
+audit log. A view cannot name another party's directory: a private file name is one plain name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+
+from entities import publication as P
+from entities.files import make_private_dir, write_atomic
+from entities.keys import KEY_FILE
+from simulator.pool import Pool, ShardInfo
+from simulator.protocol import Read
+from simulator.roles import Party, Role
+from simulator.schema import Scenario
+
+IDENTITY_FILE = "identity.key"
+KEYS_DIR = "keys"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Forbidden(PermissionError):
+    """A party asked for something its role or identity does not allow."""
+
+
+def party_dir(root: Path, name: str) -> Path:
+    return Path(root) / "parties" / name
+
+
+class PoolView:
+    """The pool as one party sees it: it publishes under its own name only; every read is recorded."""
+
+    def __init__(self, pool: Pool, party: Party, reads: list[Read]):
+        self._pool, self._party, self._reads = pool, party, reads
+
+    def publish(self, name: str, features: np.ndarray, labels: np.ndarray) -> ShardInfo:
+        if self._party.role is not Role.ENTITY:
+            raise Forbidden(f"{self._party.name} ({self._party.role}) may not publish to the pool")
+        return self._pool.publish(owner=self._party.name, name=name, features=features, labels=labels)
+
+    def read(self, owner: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        features, labels = self._pool.read(owner, name)
+        info = next(s for s in self._pool.shards(owner) if s.name == name)
+        self._reads.append(Read(f"pool/{owner}/{name}", info.sha256))
+        return features, labels
+
+
+class PartyView:
+    """One party's view of a run."""
+
+    def __init__(self, root: Path, party: Party, scenario: Scenario):
+        self.party = party
+        self.scenario = scenario
+        self.reads: list[Read] = []
+        self._root = Path(root)
+        self._mine = party_dir(self._root, party.name)
+        self.pool = PoolView(Pool(self._root / "pool"), party, self.reads)
+
+    @property
+    def name(self) -> str:
+        return self.party.name
+
+    # --- the party's own private directory ---
+    def private_file(self, name: str) -> Path:
+        """A file of this party's private directory (0700); `name` is a plain file name."""
+        if not _PLAIN_NAME.fullmatch(name):
+            raise Forbidden(f"{name!r} is not a plain file name of {self.name}'s private directory")
+        return make_private_dir(self._mine / "private") / name
+
+    def write_private(self, name: str, data: bytes) -> Path:
+        return write_atomic(self.private_file(name), data, private=True)
+
+    def read_private(self, name: str, missing: str = "") -> bytes:
+        path = self.private_file(name)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; {missing or 'the stage that writes it has not run'}")
+        return path.read_bytes()
+
+    def identity(self) -> bytes:
+        """This party's private X25519 key, made on first use; it never leaves the private directory."""
+        from simulator import sealing
+
+        path = self.private_file(IDENTITY_FILE)
+        if not path.exists():
+            write_atomic(path, sealing.new_private_key(), private=True)
+        return path.read_bytes()
+
+    # --- the data owner's publication ---
+    def public_dir(self) -> Path:
+        """Where the data owner publishes; only the data owner writes there."""
+        if self.party.role is not Role.DATA_OWNER:
+            raise Forbidden(f"{self.name} ({self.party.role}) may not write the public directory")
+        return self._root / "public"
+
+    def publication(self) -> P.Publication:
+        """The data owner's codes and network, verified against their manifest; the read is recorded."""
+        publication = P.read_public(self._root / "public")
+        for name, info in publication.manifest["files"].items():
+            self.reads.append(Read(f"public/{name}", str(info["sha256"])))
+        return publication
+
+    # --- keys issued to this party ---
+    def keys_file(self) -> Path:
+        """This authorised user's key file (`parties/<user>/keys/`, 0700/0600)."""
+        if self.party.role is not Role.AUTHORISED_USER:
+            raise Forbidden(f"{self.name} ({self.party.role}) holds no issued keys")
+        return make_private_dir(self._mine / KEYS_DIR) / KEY_FILE
+
+    def write_keys(self, data: bytes) -> Path:
+        return write_atomic(self.keys_file(), data, private=True)
+
+    def read_keys(self) -> bytes:
+        data = self.keys_file().read_bytes()
+        self.reads.append(
+            Read(f"parties/{self.name}/{KEYS_DIR}/{KEY_FILE}", hashlib.sha256(data).hexdigest())
+        )
+        return data
