@@ -89,9 +89,9 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            run_dir = resume_run(Path(args.resume), ray_address=args.ray_address)
+            run_dir = resume_run(Path(args.resume), engine=args.engine, ray_address=args.ray_address)
         else:
-            run_dir = start_run(scenario, out=out, ray_address=args.ray_address)
+            run_dir = start_run(scenario, out=out, engine=args.engine, ray_address=args.ray_address)
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"
     )
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting one")
+    p.add_argument(
+        "--engine",
+        choices=("flower", "inline"),
+        default="flower",
+        help="flower: a Flower simulation on Ray, one node per party (default); "
+        "inline: every party in this process, no Flower, no Ray (debugging, profiling)",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser(

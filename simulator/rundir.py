@@ -6,9 +6,15 @@ runs/<scenario>-<timestamp>/
     results/<unit>.jsonl   flat records (table, row, label, entity, metric, value), one file per
                            finished unit of work (a stage, or one row of the collaboration table)
     audit.jsonl            every message: type, sender, receiver, record names, bytes
-    shared/                F, C, R as the server handed them out (public to every party)
+    shared/nets.pt         F, C, R as the server handed them out (public to every party)
+    relay/                 what the server relays between stages: sealed bytes it cannot open
     pool/                  poisoned features + manifest (see simulator.pool)
-    parties/<name>/private/  what only that party may read
+    public/                the data owner's publication (see entities.publication)
+    parties/<name>/private/  what only that party may read (0700, files 0600)
+    parties/<user>/keys/   the keys issued to an authorised user (0700, files 0600)
+
+Only the server process writes here outside `pool/`, `public/` and `parties/`; those are written by
+the parties through their views (simulator.views).
 """
 
 from __future__ import annotations
@@ -21,20 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from entities.files import write_atomic
+from simulator.protocol import RESULT_FIELDS, Record
 from simulator.schema import Scenario, load_scenario
 
-RESULT_FIELDS = ("table", "row", "label", "entity", "metric", "value")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+NETS_FILE = "nets.pt"
 
 
 def library_versions() -> dict[str, str]:
@@ -173,14 +170,9 @@ class RunDir:
         self._write_manifest(data)
 
     # --- results ---
-    def write_results(self, unit: str, records: list[dict[str, Any]]) -> None:
+    def write_results(self, unit: str, records: list[Record]) -> None:
         """All records of one finished unit of work, in one atomic file."""
-        lines = []
-        for rec in records:
-            missing = [f for f in RESULT_FIELDS if f not in rec]
-            if missing:
-                raise ValueError(f"result record for {unit!r} lacks {missing}")
-            lines.append(json.dumps({f: rec[f] for f in RESULT_FIELDS}))
+        lines = [json.dumps({f: getattr(rec, f) for f in RESULT_FIELDS}) for rec in records]
         write_atomic(self.results_dir / f"{unit}.jsonl", "\n".join(lines) + "\n")
 
     def has_results(self, unit: str) -> bool:
@@ -191,6 +183,35 @@ class RunDir:
         for path in sorted(self.results_dir.glob("*.jsonl")):
             out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         return out
+
+    # --- what the server keeps between stages ---
+    def save_nets(self, states: dict[str, Any]) -> None:
+        """F, C, R (torch state dicts) as the leader shared them."""
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(states, buffer)
+        write_atomic(self.shared_dir / NETS_FILE, buffer.getvalue())
+
+    def load_nets(self) -> dict[str, Any]:
+        import torch
+
+        path = self.shared_dir / NETS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; stage 'pretrain' has not finished")
+        states: dict[str, Any] = torch.load(path, weights_only=True)
+        return states
+
+    def keep_sealed(self, recipient: str, what: str, ciphertext: bytes) -> None:
+        write_atomic(self.root / "relay" / f"{recipient}.{what}.sealed", ciphertext)
+
+    def sealed(self, recipient: str, what: str) -> bytes:
+        path = self.root / "relay" / f"{recipient}.{what}.sealed"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; nothing was sealed to {recipient}")
+        return path.read_bytes()
 
     # --- audit ---
     def audit(self, event: dict[str, Any]) -> None:

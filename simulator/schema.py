@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from entities import registry
 from simulator.yamlio import YamlRefused, decode, loads
 
 SCHEMA_VERSION: Final = 1
@@ -81,6 +82,22 @@ class Boolean:
         return str(self.value).lower()
 
 
+def choice(family: registry.Registry[Any]) -> Any:
+    """A string field whose value must be one of a registry's names (entities.registry)."""
+
+    def check(value: str) -> str:
+        if value not in family.names:
+            raise ValueError(f"got {value!r}; expected one of: {', '.join(map(repr, family.names))}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+Optimizer = choice(registry.OPTIMIZERS)
+Objective = choice(registry.OBJECTIVES)
+Sampler = choice(registry.SAMPLERS)
+
+
 # --- data ---------------------------------------------------------------------------------
 
 
@@ -106,6 +123,14 @@ class PhotosDataset(Strict):
     jitter: float = Field(
         0.0, ge=0, le=1, description="per-patch contrast/brightness/colour changes (see entities.data.jitter)"
     )
+    seed: int | None = Field(
+        None,
+        description="chooses the task: which photos, which patches, the partitions (default: the run seed)",
+    )
+
+    @property
+    def side(self) -> int:
+        return self.patch
 
     @field_validator("task_classes")
     @classmethod
@@ -122,6 +147,11 @@ class ImageFolderDataset(Strict):
     root: Path
     image_size: int = Field(224, ge=16)
     public_fraction: float = Field(0.5, gt=0, lt=1, description="share of classes that form D_q")
+    seed: int | None = Field(None, description="chooses the task split (default: the run seed)")
+
+    @property
+    def side(self) -> int:
+        return self.image_size
 
 
 Dataset = Annotated[PhotosDataset | ImageFolderDataset, Field(discriminator="kind")]
@@ -142,11 +172,11 @@ class Training(Strict):
     lr: float = Field(gt=0)
     batch_size: int = Field(64, ge=1)
     weight_decay: float = Field(5e-4, ge=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Optimizer = "sgd"
     min_steps: int = Field(0, ge=0, description="train at least this many steps (more epochs on small data)")
 
 
-class Reconstructor(Strict):
+class ReconstructorSection(Strict):
     """The paper's R: inverse bottleneck blocks before each x2 upscale, then an image head."""
 
     blocks_per_upscale: int = Field(2, ge=1)
@@ -162,7 +192,7 @@ class DPMShape(Strict):
 
 class DPMTraining(Training):
     lam: float = Field(alias="lambda", gt=0, description="weight of SSIM(R(P(F(x))), x) in the loss")
-    objective: Literal["ce", "distill"] = Field(
+    objective: Objective = Field(
         "ce",
         description=(
             "the task term: 'ce' is the paper's CE(C(P(F(x))), y); 'distill' is KL(C(F(x)) || C(P(F(x)))), "
@@ -178,7 +208,7 @@ class DPMTraining(Training):
         ),
     )
     weight_decay: float = Field(0.0, ge=0)
-    optimizer: Literal["sgd", "adam"] = "adam"
+    optimizer: Optimizer = "adam"
     share_mirrored: bool = Field(
         True, description="also share (and refine on) the features of each image's mirror image"
     )
@@ -293,7 +323,7 @@ class Autoencoder(Strict):
         return value
 
 
-class AuthorisedUser(Strict):
+class UserGrant(Strict):
     """A user the data owner gives keys to: it can reconstruct the granted images, no others."""
 
     name: str = Field(pattern=PARTY_NAME)
@@ -321,12 +351,12 @@ class DataOwner(Strict):
     k: int = Field(ge=1, description="non-zeros per code map of the published codes")
     k_small: int = Field(ge=1, description="a smaller k, also measured (the paper's k=64 row)")
     k_prime: int = Field(ge=1, description="non-zeros per map after ambiguation (k' - k fakes)")
-    sampler: Literal["ctg", "empirical"] = Field(
+    sampler: Sampler = Field(
         "ctg", description="law of the fake values: complementary truncated Gaussian, or the true magnitudes"
     )
     sweep_k: list[int] = Field(default_factory=list, description="k values of the rate-distortion curve")
     jpeg_qualities: list[int] = Field(default_factory=list, description="JPEG qualities of the curve")
-    users: list[AuthorisedUser] = Field(default_factory=list)
+    users: list[UserGrant] = Field(default_factory=list)
 
     @field_validator("jpeg_qualities")
     @classmethod
@@ -354,7 +384,7 @@ class Scenario(Strict):
     backbone: Backbone = Backbone()
     # The Deep Poisoning parties; pretrain, reconstructor, dpm and refine are required with entities.
     pretrain: Training | None = None
-    reconstructor: Reconstructor | None = None
+    reconstructor: ReconstructorSection | None = None
     leader: str | None = Field(None, description="entity that pre-trains F, C and R (default: the first)")
     entities: list[Entity] = Field(default_factory=list)
     dpm: DPMTraining | None = None
@@ -363,6 +393,11 @@ class Scenario(Strict):
     data_owner: DataOwner | None = Field(None, description="the sparse-codes data owner and its users")
     resources: Resources = Resources()
     timeouts: Timeouts = Timeouts()
+
+    @property
+    def task_seed(self) -> int:
+        """The seed that chooses the task (`dataset.seed`, by default the run seed)."""
+        return self.seed if self.dataset.seed is None else self.dataset.seed
 
     @property
     def leading_entity(self) -> str:
@@ -624,7 +659,7 @@ def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
     if owner_name in entity_names:
         problems.append(Problem(f"{at}.name", f"{owner_name!r} is already an entity's name"))
     seen: set[str] = set()
-    for i, user in _well_formed(AuthorisedUser, owner.get("users")):
+    for i, user in _well_formed(UserGrant, owner.get("users")):
         if user.name in entity_names or user.name == owner_name or user.name in seen:
             what = (
                 "an entity's"
