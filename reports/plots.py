@@ -53,7 +53,7 @@ def rd_curve_plot(curve: pd.DataFrame, path: Path, formats: tuple[str, ...] = ("
             if "k" in codes:
                 for rate, value, k in zip(codes["rate_bpv"], codes[metric], codes["k"], strict=True):
                     ax.annotate(
-                        f"k={k:g}", (rate, value), textcoords="offset points", xytext=(4, -10), fontsize=7
+                        f"k={k:g}", (rate, value), textcoords="offset points", xytext=(4, 6), fontsize=7
                     )
         if len(jpegs):
             ax.plot(jpegs["rate_bpv"], jpegs[metric], "s-", label="JPEG, whole file")
@@ -64,9 +64,10 @@ def rd_curve_plot(curve: pd.DataFrame, path: Path, formats: tuple[str, ...] = ("
         ax.set_ylabel(name)
         ax.set_title(name.split(" (")[0] + " against rate")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("Rate-distortion on the data owner's test images")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return save(fig, path, formats)[0]
 
 
