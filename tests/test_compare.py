@@ -291,5 +291,20 @@ def test_a_broken_record_is_named_with_its_file_and_line(tmp_path: Path) -> None
         load_run(run)
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+def test_paper_shape_judges_a_sweep_on_the_intervals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import paper_shape
+
+    root = make_sweep(tmp_path / "sweep")
+    table12, claims = paper_shape.sweep_checks(load_sweep(root))
+    verdicts = {what.split(" (")[0]: verdict for what, verdict, _ in claims}
+    assert verdicts == {
+        "Table 5: row 7 - row 1 > 5": "undecided",
+        "Table 5: row 8 - row 2 > 5": "holds",
+        "Table 5: row 6 - row 7 > -1": "does not hold",
+    }
+    assert ("Table 2 E2: SSIM from poisoned <= 0.1", False) in [(w, ok) for w, ok, _ in table12]  # mean 0.353
+    assert paper_shape.main(["--run", str(root)]) == 1
+    assert "paper 6.5" in capsys.readouterr().out
