@@ -66,6 +66,6 @@ def shared_nets(view: PartyView, arrays: dict[str, StateDict]) -> E.SharedNets:
     if key not in _nets:
         s = view.scenario
         assert s.reconstructor is not None, "shared nets in a scenario without a reconstructor section"
-        states = {n: to_torch(arrays[n]) for n in names}
+        states: dict[str, dict[str, torch.Tensor]] = {n: to_torch(arrays[n]) for n in names}
         _nets[key] = E.load_nets(s.backbone, s.reconstructor, s.dataset.side, num_classes(view), states)
     return copy.deepcopy(_nets[key])

@@ -82,20 +82,20 @@ class Boolean:
         return str(self.value).lower()
 
 
-def choice(family: registry.Registry[Any]) -> Any:
-    """A string field whose value must be one of a registry's names (entities.registry)."""
+def one_of(family: registry.Registry[Any]) -> AfterValidator:
+    """A check that a string is one of a registry's names (entities.registry)."""
 
     def check(value: str) -> str:
         if value not in family.names:
             raise ValueError(f"got {value!r}; expected one of: {', '.join(map(repr, family.names))}")
         return value
 
-    return Annotated[str, AfterValidator(check)]
+    return AfterValidator(check)
 
 
-Optimizer = choice(registry.OPTIMIZERS)
-Objective = choice(registry.OBJECTIVES)
-Sampler = choice(registry.SAMPLERS)
+Optimizer = Annotated[str, one_of(registry.OPTIMIZERS)]
+Objective = Annotated[str, one_of(registry.OBJECTIVES)]
+Sampler = Annotated[str, one_of(registry.SAMPLERS)]
 
 
 # --- data ---------------------------------------------------------------------------------

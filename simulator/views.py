@@ -38,8 +38,12 @@ def party_dir(root: Path, name: str) -> Path:
 class PoolView:
     """The pool as one party sees it: it publishes under its own name only; every read is recorded."""
 
-    def __init__(self, pool: Pool, party: Party, reads: list[Read]):
-        self._pool, self._party, self._reads = pool, party, reads
+    def __init__(self, root: Path, party: Party, reads: list[Read]):
+        self._root, self._party, self._reads = root, party, reads
+
+    @property
+    def _pool(self) -> Pool:
+        return Pool(self._root)  # opened on first use: a run without entities has no pool directory
 
     def publish(self, name: str, features: np.ndarray, labels: np.ndarray) -> ShardInfo:
         if self._party.role is not Role.ENTITY:
@@ -62,7 +66,7 @@ class PartyView:
         self.reads: list[Read] = []
         self._root = Path(root)
         self._mine = party_dir(self._root, party.name)
-        self.pool = PoolView(Pool(self._root / "pool"), party, self.reads)
+        self.pool = PoolView(self._root / "pool", party, self.reads)
 
     @property
     def name(self) -> str:

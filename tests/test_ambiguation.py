@@ -17,20 +17,38 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from flwr.app import RecordDict
 
 from entities import data_owner as D
+from entities import keys as K
+from entities import publication as P
 from entities.data_owner import AuthorisedUser, NoKey
+from entities.files import write_atomic
+from entities.owner_measures import quantise_values
 from entities.sparse import KeyFormatError
 from reports.tables import render_report
-from simulator import node
+from simulator import node, sealing
 from simulator.cli import EXIT_INVALID, main
+from simulator.protocol import Payload, Sealed, Task
 from simulator.rundir import RunDir
-from simulator.schema import DATA_OWNER_STAGES, DPM_STAGES, STAGES, DataOwner, PhotosDataset, Scenario
+from simulator.schema import DataOwner, PhotosDataset, Scenario
+from simulator.stages import RUN_ORDER as STAGES
+from simulator.stages.codes import KEYS, seal_context
+from simulator.views import Forbidden
+
+DPM_STAGES = ("prepare", "pretrain", "poison", "refine")
+DATA_OWNER_STAGES = ("codes", "access")
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "smoke.yaml"
+
+
+def keys_dir(run: RunDir, user: str) -> Path:
+    return run.root / "parties" / user / "keys"
+
+
+def public_dir(run: RunDir) -> Path:
+    return run.root / "public"
 
 
 def owner_of(scenario: Scenario) -> DataOwner:
@@ -60,18 +78,18 @@ def _supports(n: int, maps: int = 3, m: int = 10, k: int = 4, seed: int = 0) -> 
 
 def test_key_file_round_trip_and_refusals(tmp_path: Path) -> None:
     supports = _supports(3)
-    data = D.pack_key_file(
+    data = K.pack_key_file(
         user="alice", owner="owner", images=[4, 0, 7], supports=supports, codes_sha256="ab"
     )
-    keys = D.unpack_key_file(data, user="alice", maps=3, code_length=10, codes_sha256="ab")
+    keys = K.unpack_key_file(data, user="alice", maps=3, code_length=10, codes_sha256="ab")
     assert sorted(keys) == [0, 4, 7]
     for j, index in enumerate([4, 0, 7]):
         assert np.array_equal(keys[index], supports[j])
 
-    path = tmp_path / "keys" / D.KEY_FILE
-    D.write_file(path, data, private=True)
+    path = tmp_path / "keys" / K.KEY_FILE
+    write_atomic(path, data, private=True)
     assert mode(path) == 0o600 and mode(path.parent) == 0o700
-    assert sorted(D.read_key_file(path, user="alice", maps=3, code_length=10)) == [0, 4, 7]
+    assert sorted(K.read_key_file(path, user="alice", maps=3, code_length=10)) == [0, 4, 7]
 
     flipped = bytearray(data)
     flipped[-1] ^= 0x01
@@ -87,16 +105,16 @@ def test_key_file_round_trip_and_refusals(tmp_path: Path) -> None:
     }
     for words, (blob, user, digest) in bad.items():
         with pytest.raises(KeyFormatError, match=re.escape(words)):
-            D.unpack_key_file(blob, user=user, maps=3, code_length=10, codes_sha256=digest)
+            K.unpack_key_file(blob, user=user, maps=3, code_length=10, codes_sha256=digest)
     with pytest.raises(KeyFormatError, match="L=3, m=10 code maps, expected L=3, m=11"):
-        D.unpack_key_file(data, user="alice", maps=3, code_length=11)
+        K.unpack_key_file(data, user="alice", maps=3, code_length=11)
     with pytest.raises(KeyFormatError, match="cannot read the key file"):
-        D.read_key_file(tmp_path / "nowhere.vkey", user="alice", maps=3, code_length=10)
+        K.read_key_file(tmp_path / "nowhere.vkey", user="alice", maps=3, code_length=10)
 
 
 def test_quantised_values_keep_the_support() -> None:
     codes = torch.tensor([[[0.0, 1.0, -0.5, 0.0], [0.2, 0.0, 0.0, -2.0]]])
-    q = D.quantise_values(codes, torch.tensor([1.0, 2.0]))
+    q = quantise_values(codes, torch.tensor([1.0, 2.0]))
     assert torch.equal(q != 0, codes != 0)
     assert (q - codes).abs().max() <= 2 * 2.0 / 255 / 2 + 1e-6
 
@@ -111,13 +129,13 @@ def test_data_owner_end_to_end(smoke_run: Path) -> None:
     k, k_prime = owner.k, owner.k_prime
     assert all(run.stage_done(s) for s in STAGES)
 
-    manifest = json.loads((smoke_run / "public" / D.MANIFEST_FILE).read_text())
+    manifest = json.loads((smoke_run / "public" / P.MANIFEST_FILE).read_text())
     assert isinstance(scenario.dataset, PhotosDataset)
     n = scenario.dataset.task_classes * scenario.dataset.test_per_class
     shape = [n, owner.autoencoder.maps, owner.autoencoder.code_length]
-    assert manifest["files"][D.CODES_FILE]["shape"] == shape
+    assert manifest["files"][P.CODES_FILE]["shape"] == shape
     assert (manifest["k"], manifest["k_prime"], manifest["sampler"]) == (k, k_prime, owner.sampler)
-    public = D.read_public(smoke_run / "public")  # checks both digests
+    public = P.read_public(smoke_run / "public")  # checks both digests
     assert ((public.codes != 0).sum(-1) == k_prime).all()  # every map ambiguated to k' non-zeros
 
     amb = records(smoke_run, "ambiguation")
@@ -180,15 +198,19 @@ def test_authorised_user_reconstructs_only_its_images(smoke_run: Path) -> None:
         assert saved[user.name][0] == sorted(user.grant)
 
     alice, bob = owner.users
+    key_file = keys_dir(run, alice.name) / K.KEY_FILE
     holder = AuthorisedUser.load(
-        alice.name, key_file=node.keys_dir(run, alice.name) / D.KEY_FILE, public_dir=node.public_dir(run)
+        alice.name,
+        key_file=key_file.read_bytes(),
+        publication=P.read_public(public_dir(run)),
+        source=str(key_file),
     )
     assert holder.granted == sorted(alice.grant)
     again = np.rint(holder.reconstruct(holder.granted).numpy() * 255).astype(np.uint8)
     assert np.array_equal(again, saved[alice.name][1])
     # What the key adds: the owner's authorised decode of the same images, from its own key file.
-    own = D.read_key_file(
-        run.private_dir(owner.name) / D.KEY_FILE,
+    own = K.read_key_file(
+        run.private_dir(owner.name) / K.KEY_FILE,
         user=owner.name,
         maps=owner.autoencoder.maps,
         code_length=owner.autoencoder.code_length,
@@ -201,7 +223,7 @@ def test_authorised_user_reconstructs_only_its_images(smoke_run: Path) -> None:
             holder.reconstruct([alice.grant[0], index])
 
 
-def test_audit_shows_no_key_crossed_a_message(smoke_run: Path) -> None:
+def test_audit_shows_keys_crossed_only_sealed(smoke_run: Path) -> None:
     run = RunDir(smoke_run)
     scenario = run.scenario()
     owner = owner_of(scenario)
@@ -210,48 +232,61 @@ def test_audit_shows_no_key_crossed_a_message(smoke_run: Path) -> None:
     events = run.audit_events()
     owner_stages = {"train.codes", "train.access"}
     for event in events:
-        if event["type"] in {"pool.publish", "public.publish", "key.issue"}:
+        if event["type"] in {"pool.publish", "public.publish", "sealed", "read"}:
             continue
         for name, record in event["records"].items():
             assert not re.search("key|support|code", name, re.IGNORECASE), event
             if record["kind"] == "config" and event["type"] in owner_stages:
-                # names and digests of what was published and issued, nothing else
-                assert set(record["keys"]) <= {"run_dir", "party", "published", "issued"}, event
+                # which stage and party, and the users' public keys to seal to: nothing else
+                allowed = {"run_dir", "stage", "party", "key", "users", "public_keys"}
+                assert set(record["keys"]) <= allowed, event
+            if record["kind"] == "sealed":  # keys travel sealed: from the owner, to their user
+                assert (event["type"], event["sender"]) in {
+                    ("train.codes", owner.name),
+                    ("train.access", "server"),
+                }
             if record["kind"] != "arrays":
                 continue
-            assert event["type"] not in owner_stages, event  # metrics only
+            assert event["type"] not in owner_stages, event  # no arrays: metrics and records only
             for key, arr in record["arrays"].items():
                 assert not re.search("key|support|code", key, re.IGNORECASE), (event["type"], key)
                 assert tuple(arr["shape"][-2:]) != (maps, m), (event["type"], key, arr["shape"])
-        if event["type"] in owner_stages and event["sender"] != "server":
-            assert {r["kind"] for r in event["records"].values()} <= {"metrics", "config"}, event
 
-    issued = [e for e in events if e["type"] == "key.issue"]
-    assert sorted(e["receiver"] for e in issued) == sorted(users)
-    for event in issued:
-        # who, how many and the file's digest: never a key bit
-        assert set(event) == {"t", "type", "sender", "receiver", "file", "n_images", "sha256"}, event
-        assert event["sender"] == owner.name and event["n_images"] == len(users[event["receiver"]].grant)
-        path = run.root / event["file"]
-        assert path == node.keys_dir(run, event["receiver"]) / D.KEY_FILE
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == event["sha256"]
-    published = {e["file"]: e for e in events if e["type"] == "public.publish"}
-    assert set(published) == {D.CODES_FILE, D.NET_FILE}
-    assert published[D.CODES_FILE]["shape"][1:] == [maps, m]
+    sealed = [e for e in events if e["type"] == "sealed"]
+    assert sorted(e["receiver"] for e in sealed) == sorted(users)
+    for event in sealed:
+        # who sealed what to whom, and the plaintext's digest: never a key bit
+        assert set(event) == {"t", "type", "sender", "receiver", "what", "sha256"}, event
+        assert event["sender"] == owner.name and event["what"] == KEYS
+        path = keys_dir(run, event["receiver"]) / K.KEY_FILE
+        plaintext = path.read_bytes()
+        assert hashlib.sha256(plaintext).hexdigest() == event["sha256"]
+        relayed = (run.root / "relay" / f"{event['receiver']}.{KEYS}.sealed").read_bytes()
+        assert plaintext[:16] not in relayed  # the server kept ciphertext, not the key file
+    published = {e["name"]: e for e in events if e["type"] == "public.publish"}
+    assert set(published) == {P.CODES_FILE, P.NET_FILE}
+    assert published[P.CODES_FILE]["shape"][1:] == [maps, m]
+    for user in users:  # each user read its own keys and the publication, through its view
+        reads = {e["what"] for e in events if e["type"] == "read" and e["party"] == user}
+        assert {
+            f"parties/{user}/keys/{K.KEY_FILE}",
+            f"public/{P.CODES_FILE}",
+            f"public/{P.NET_FILE}",
+        } <= reads
 
     # Key files: one per user in its own keys directory, and the owner's own, all mode 0600.
     key_files = sorted(p.relative_to(run.root).as_posix() for p in run.root.rglob("*.vkey"))
-    expected = [f"parties/{u}/keys/{D.KEY_FILE}" for u in users] + [
-        f"parties/{owner.name}/private/{D.KEY_FILE}"
+    expected = [f"parties/{u}/keys/{K.KEY_FILE}" for u in users] + [
+        f"parties/{owner.name}/private/{K.KEY_FILE}"
     ]
     assert key_files == sorted(expected)
     for rel in key_files:
         assert mode(run.root / rel) == 0o600, rel
     for user in users:
-        assert [p.name for p in node.keys_dir(run, user).iterdir()] == [D.KEY_FILE]
-        assert mode(node.keys_dir(run, user)) == 0o700
-    assert sorted(p.name for p in node.public_dir(run).iterdir()) == sorted(
-        [D.CODES_FILE, D.NET_FILE, D.MANIFEST_FILE]
+        assert [p.name for p in keys_dir(run, user).iterdir()] == [K.KEY_FILE]
+        assert mode(keys_dir(run, user)) == 0o700
+    assert sorted(p.name for p in public_dir(run).iterdir()) == sorted(
+        [P.CODES_FILE, P.NET_FILE, P.MANIFEST_FILE]
     )
 
 
@@ -261,37 +296,44 @@ def _copy_run(smoke_run: Path, tmp_path: Path) -> RunDir:
     return RunDir(root)
 
 
+def _access(run: RunDir, user: str, key_file: bytes, *, sealed_to: str | None = None) -> Payload:
+    """The access stage on `user`'s node (inline), with `key_file` sealed by the owner to `sealed_to`."""
+    owner = owner_of(run.scenario()).name
+    recipient = sealed_to or user
+    public = sealing.public_key((run.private_dir(recipient) / "identity.key").read_bytes())
+    blob = sealing.seal(public, key_file, seal_context(owner, recipient))
+    task = Task("access", user, Payload(sealed=[Sealed(user, KEYS, blob, "")]))
+    return node.handle(run.root, user, task)
+
+
 def test_bad_key_files_are_refused_and_nothing_is_written(smoke_run: Path, tmp_path: Path) -> None:
     run = _copy_run(smoke_run, tmp_path)
     scenario = run.scenario()
     alice, bob = (u.name for u in owner_of(scenario).users)
     private = run.private_dir(alice)
     (private / D.RECONSTRUCTIONS_FILE).unlink()
-    key_file = node.keys_dir(run, alice) / D.KEY_FILE
+    key_file = keys_dir(run, alice) / K.KEY_FILE
     good = key_file.read_bytes()
     cases = {
-        f"issued to user '{bob}', not to '{alice}'": (node.keys_dir(run, bob) / D.KEY_FILE).read_bytes(),
+        f"issued to user '{bob}', not to '{alice}'": (keys_dir(run, bob) / K.KEY_FILE).read_bytes(),
         "not a Veil key file": b"\x00" * 64,
         "bytes of keys": good[:-3],
         "malformed header": good[:12] + b"\xff" + good[13:],
     }
     for words, data in cases.items():
-        D.write_file(key_file, data, private=True)
         with pytest.raises(KeyFormatError, match=re.escape(words)) as caught:
-            node.access(run, scenario, alice, RecordDict())
+            _access(run, alice, data)
         assert str(key_file) in str(caught.value)
-        assert list(private.iterdir()) == [], words  # nothing written
-    key_file.unlink()
-    with pytest.raises(KeyFormatError, match="cannot read the key file"):
-        node.access(run, scenario, alice, RecordDict())
-    assert list(private.iterdir()) == []
+        assert sorted(p.name for p in private.iterdir()) == ["identity.key"], words  # nothing written
+    # A key file sealed to bob does not open on alice's node.
+    with pytest.raises(ValueError, match="does not open"):
+        _access(run, alice, good, sealed_to=bob)
 
-    D.write_file(key_file, good, private=True)
-    measured = node.access(run, scenario, alice, RecordDict()).metric_records["metrics"]
+    measured = _access(run, alice, good).metrics
     assert measured["refused_ungranted"] == 1 and (private / D.RECONSTRUCTIONS_FILE).is_file()
     # Another party's node may not play a user.
-    with pytest.raises(ValueError, match="not one"):
-        node.access(run, scenario, "owner", RecordDict())
+    with pytest.raises(Forbidden, match="not for owner"):
+        node.handle(run.root, "owner", Task("access", "owner"))
 
 
 def test_bad_scenario_is_refused_before_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

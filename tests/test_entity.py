@@ -29,7 +29,7 @@ def test_refining_the_decider_keeps_its_batchnorm_statistics() -> None:
     recipe = SimpleNamespace(
         epochs=1, lr=0.01, batch_size=8, weight_decay=0.0, optimizer="sgd", min_steps=4, shift=0
     )
-    refined = train_decider(SimpleNamespace(refine=recipe), decider, features, labels, seed=0)
+    refined = train_decider(recipe, decider, features, labels, seed=0)
 
     after = refined.state_dict()
     stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
@@ -48,8 +48,7 @@ def test_refine_shift_augments_the_features_it_trains_on() -> None:
         recipe = SimpleNamespace(
             epochs=1, lr=0.01, batch_size=8, weight_decay=0.0, optimizer="sgd", min_steps=2, shift=cells
         )
-        scenario = SimpleNamespace(refine=recipe)
-        return train_decider(scenario, copy.deepcopy(decider), features, labels, seed=0).state_dict()
+        return train_decider(recipe, copy.deepcopy(decider), features, labels, seed=0).state_dict()
 
     plain, again, shifted = refined(0), refined(0), refined(1)
     assert all(torch.equal(plain[k], again[k]) for k in plain)
@@ -63,12 +62,12 @@ def test_dpm_objective_decides_whether_labels_are_used(objective: str) -> None:
     dpm_cfg = smoke.dpm.model_copy(update={"objective": objective, "min_steps": 3, "epochs": 1})
     scenario = smoke.model_copy(update={"dpm": dpm_cfg})
     torch.manual_seed(0)
-    nets = empty_nets(scenario, num_classes=3)
+    nets = empty_nets(scenario.backbone, scenario.reconstructor, 32, num_classes=3)
     images = np.random.default_rng(0).integers(0, 256, size=(12, 3, 32, 32), dtype=np.uint8)
     labels = np.arange(12) % 3
 
     def trained(y: np.ndarray) -> dict[str, torch.Tensor]:
-        dpm = train_dpm(scenario, scenario.entities[0], nets, images, y, seed=1)
+        dpm = train_dpm(scenario.dpm, scenario.entities[0].dpm, nets, images, y, seed=1)
         return dpm.state_dict()
 
     a, b = trained(labels), trained((labels + 1) % 3)
@@ -91,13 +90,13 @@ def test_distillation_at_a_higher_temperature_also_weighs_the_other_classes() ->
 def test_dpm_temperature_changes_what_distillation_trains() -> None:
     smoke = load_scenario(ROOT / "scenarios" / "smoke.yaml")
     torch.manual_seed(0)
-    nets = empty_nets(smoke, num_classes=3)
+    nets = empty_nets(smoke.backbone, smoke.reconstructor, 32, num_classes=3)
     images = np.random.default_rng(0).integers(0, 256, size=(12, 3, 32, 32), dtype=np.uint8)
 
     def trained(temperature: float) -> dict[str, torch.Tensor]:
         update = {"objective": "distill", "temperature": temperature, "min_steps": 3, "epochs": 1}
-        scenario = smoke.model_copy(update={"dpm": smoke.dpm.model_copy(update=update)})
-        return train_dpm(scenario, scenario.entities[0], nets, images, np.arange(12) % 3, seed=1).state_dict()
+        recipe = smoke.dpm.model_copy(update=update)
+        return train_dpm(recipe, smoke.entities[0].dpm, nets, images, np.arange(12) % 3, seed=1).state_dict()
 
     one, again, four = trained(1.0), trained(1.0), trained(4.0)
     assert all(torch.equal(one[k], again[k]) for k in one)

@@ -14,17 +14,18 @@ from typing import Any
 import torch
 from conftest import BROKEN_PARTY, CORRUPT_SHARD, EARLIER_STAGES, BrokenResume, KilledRun
 
-from simulator.node import parties as all_parties
 from simulator.pool import CorruptShard, Pool
+from simulator.roles import parties as all_parties
 from simulator.rundir import RunDir
-from simulator.schema import STAGES, PhotosDataset, Scenario, load_scenario
+from simulator.schema import PhotosDataset, Scenario, load_scenario
+from simulator.stages import RUN_ORDER as STAGES
 
 Key = tuple[str, Any, str, str, str]
 SHARED_NETS = {"featurizer", "decider", "reconstructor"}
-PRIVATE_FILES = {"partition.npz", "dpm.pt"}
+PRIVATE_FILES = {"partition.npz", "dpm.pt", "identity.key"}  # identity.key: the party's X25519 key
 T12 = ("table1", "table2")
-# Audit events that record a file written (to the pool, the public directory, a user's keys), not a message.
-FILE_EVENTS = {"pool.publish", "public.publish", "key.issue"}
+# Audit events that record what a party read, published or sealed, not a message.
+FILE_EVENTS = {"pool.publish", "public.publish", "sealed", "read"}
 
 
 def metrics(run_dir: Path) -> dict[Key, float]:
@@ -151,7 +152,7 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
     run = RunDir(smoke_run)
     scenario = run.scenario()
     entities = {e.name for e in scenario.entities}
-    parties = set(all_parties(scenario))  # the data owner and its users too
+    parties = {p.name for p in all_parties(scenario)}  # the data owner and its users too
     assert isinstance(scenario.dataset, PhotosDataset)
     patch = scenario.dataset.patch
     dpm = torch.load(run.private_dir("E1") / "dpm.pt", weights_only=True)
@@ -185,7 +186,7 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
 
     # The pool holds features only, exactly as published.
     shards = {f"{s.owner}/{s.name}": s for s in Pool(run.pool_dir).shards()}
-    published = {e["shard"]: e for e in run.audit_events() if e["type"] == "pool.publish"}
+    published = {e["name"]: e for e in run.audit_events() if e["type"] == "pool.publish"}
     assert set(published) == set(shards)
     for ident, event in published.items():
         shard = shards[ident]

@@ -10,7 +10,7 @@ from entities.keys import KEY_FILE
 from entities.owner_measures import measure_owner
 from entities.publication import sha256
 from simulator import sealing
-from simulator.protocol import Payload, Publication, Record, Sealed, Task
+from simulator.protocol import ConfigValue, Payload, Publication, Record, Sealed, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, register
@@ -34,7 +34,10 @@ class Codes(Stage):
 
     def plan(self, server: Server) -> list[Task]:
         users = server.of_role(Role.AUTHORISED_USER)
-        config = {"users": users, "public_keys": [server.public_keys[u] for u in users]}
+        config: dict[str, ConfigValue] = {
+            "users": users,
+            "public_keys": [server.public_keys[u] for u in users],
+        }
         return [Task(self.name, name, Payload(config=config)) for name in server.of_role(Role.DATA_OWNER)]
 
     def work(self, view: PartyView, task: Task) -> Payload:
@@ -49,7 +52,9 @@ class Codes(Stage):
             seed=seed,
         )
         view.write_private(KEY_FILE, outcome.own_key)
-        recipients = dict(zip(task.payload.config["users"], task.payload.config["public_keys"], strict=True))  # type: ignore[arg-type]
+        users, public_keys = task.payload.config["users"], task.payload.config["public_keys"]
+        assert isinstance(users, list) and isinstance(public_keys, list)
+        recipients = {str(u): k for u, k in zip(users, public_keys, strict=True) if isinstance(k, bytes)}
         sealed = [
             Sealed(
                 user, KEYS, sealing.seal(recipients[user], key, seal_context(view.name, user)), sha256(key)

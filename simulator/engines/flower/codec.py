@@ -88,7 +88,10 @@ def describe(content: RecordDict) -> tuple[dict[str, Any], int]:
             total += len(arr.data)
         records[name] = {"kind": "arrays", "arrays": arrays}
     for name, cfg in content.config_records.items():
-        records[name] = {"kind": "config", "keys": sorted(cfg.keys())}
+        if name in TYPED:
+            records[name] = {"kind": name, "count": len(cfg["items"])}  # type: ignore[arg-type]
+        else:
+            records[name] = {"kind": "config", "keys": sorted(cfg.keys())}
         for value in cfg.values():
             for item in value if isinstance(value, list) else [value]:
                 total += len(item) if isinstance(item, bytes | str) else 8

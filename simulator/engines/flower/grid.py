@@ -47,7 +47,7 @@ class AuditedGrid(Grid):
             else {}
         )
         if reply.has_error():
-            extra["error"] = reply.error.reason
+            extra["error"] = reply.error.reason or "(no reason given)"
             content = RecordDict()
         else:
             content = reply.content

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import time
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app.typing import ConfigRecordValues
 
 from simulator import roles
 from simulator.engines import OnReply, RunFailed
@@ -39,10 +40,10 @@ class FlowerSession:
                     f"only {len(list(self.grid.get_node_ids()))} of {len(parties)} nodes registered"
                 )
             time.sleep(0.2)
-        header = {"run_dir": self.run_dir}
+        header: dict[str, ConfigRecordValues] = {"run_dir": self.run_dir}
         msgs = [
             Message(
-                content=RecordDict({codec.TASK: codec.ConfigRecord(header)}),
+                content=RecordDict({codec.TASK: ConfigRecord(header)}),
                 dst_node_id=nid,
                 message_type=WHOAMI,
             )
