@@ -341,7 +341,7 @@ class FeatureAlignment(Attack):
             cond = torch.zeros((), device=dev)
             for c in onehot.sum(0).nonzero().flatten().tolist():
                 wa, wb = probs[:, c], onehot[:, c]
-                if float(wa.sum()) > 1e-3:
+                if float(wa.detach().sum()) > 1e-3:
                     cond = cond + prior[c] * weighted_mmd(k, wa / wa.sum(), wb / wb.sum())
             mix = probs.mean(0)
             label = (prior * (torch.log(prior + 1e-8) - torch.log(mix + 1e-8))).sum()

@@ -74,14 +74,17 @@ class Victim:
 
 @dataclass
 class World:
+    """The toy world: the data, and (when built) the pool side (shared nets, victims) and the codes side
+    (the public network, the true test codes and their ambiguated publication)."""
+
     scenario: SimpleNamespace
     data: TaskData
-    nets: SharedNets
-    victims: dict[str, Victim]
-    codes_truth: torch.Tensor  # the true k-sparse test codes
-    codes: torch.Tensor  # their ambiguated publication
-    sampler: str
-    autoencoder: sparse.SparsifyingAutoencoder
+    nets: SharedNets | None = None
+    victims: dict[str, Victim] = field(default_factory=dict)
+    autoencoder: sparse.SparsifyingAutoencoder | None = None
+    codes_truth: torch.Tensor | None = None  # the true k-sparse test codes
+    codes: torch.Tensor | None = None  # their ambiguated publication
+    sampler: str = "ctg"
     timings: dict[str, float] = field(default_factory=dict)
 
     def knowledge(self, protected: bool = True, known_pairs: int = 0, own: str | None = None) -> Knowledge:
@@ -102,30 +105,33 @@ class World:
         }
         s = self.scenario
         k = Knowledge(
-            pool=pool,
-            featurizer=self.nets.featurizer,
-            decider=self.nets.decider,
-            reconstructor=self.nets.reconstructor,
             public_images=self.data.public_train.images,
             public_labels=self.data.public_train.labels,
             dpm_recipe=s.dpm,
             dpm_shape=s.dpm_shape,
             reconstructor_recipe=s.reconstructor,
-            known_pairs=pairs if known_pairs else None,
             codes=self.codes,
             k=s.k,
             k_prime=s.k_prime,
             sampler=self.sampler,
             public_network=self.autoencoder,
         )
+        if self.nets is not None:
+            k.pool, k.known_pairs = pool, pairs if known_pairs else None
+            k.featurizer, k.decider, k.reconstructor = (
+                self.nets.featurizer,
+                self.nets.decider,
+                self.nets.reconstructor,
+            )
         if own is not None:
             v = self.victims[own]
             k.own_images, k.own_labels = v.images, v.labels
-            k.own_dpm = v.dpm if protected else None
+            k.own_dpm = v.dpm
         return k
 
     def own_keys(self, n: int) -> OwnKeys:
         """A curious user's keys: the first n published images."""
+        assert self.codes_truth is not None
         return OwnKeys(torch.arange(n), sparse.supports(self.codes_truth[:n]))
 
 
@@ -137,14 +143,15 @@ def build_world(
     train_per_class: int = 40,
     test_per_class: int = 10,
     victims: int = 2,
+    pool: bool = True,
+    codes: bool = True,
     sampler: str = "ctg",
     scale: float = 1.0,
     seed: int = 0,
 ) -> World:
-    """Train everything the toy world needs (about a minute on one CPU core at the defaults)."""
+    """Train what the toy world needs: the pool side (F+C, R, one DPM per victim) and/or the codes side
+    (the autoencoder, its ambiguated test codes). About a minute of one idle CPU core at the defaults."""
     s = toy_scenario(scale)
-    timings: dict[str, float] = {}
-    t = time.monotonic()
     data = build_photos(
         patch=patch,
         task_classes=task_classes,
@@ -154,42 +161,46 @@ def build_world(
         seed=seed,
         jitter_strength=0.3,
     )
+    world = World(s, data, sampler=sampler)
     train = data.task_train
-    featurizer, decider = train_classifier(
-        s.backbone, s.pretrain, train.images, train.labels, task_classes, seed=seed
-    )
-    timings["classifier_s"] = time.monotonic() - t
-    t = time.monotonic()
-    recon = train_reconstructor(
-        s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
-    )
-    nets = SharedNets(featurizer, decider, recon)
-    timings["reconstructor_s"] = time.monotonic() - t
-    t = time.monotonic()
-    parts = partition(train.labels, [1.0 / victims] * victims, seed)
-    out: dict[str, Victim] = {}
-    for i, index in enumerate(parts):
-        own: ImageSet = train.subset(index)
-        dpm = train_dpm(s.dpm, s.dpm_shape, nets, own.images, own.labels, seed=seed + 10 + i)
-        out[f"E{i + 1}"] = Victim(
-            images=to_float(own.images),
-            labels=torch.as_tensor(own.labels),
-            dpm=dpm,
-            poisoned=featurize(featurizer, own.images, dpm),
-            original=featurize(featurizer, own.images),
+    if pool:
+        t = time.monotonic()
+        featurizer, decider = train_classifier(
+            s.backbone, s.pretrain, train.images, train.labels, task_classes, seed=seed
         )
-    timings["dpms_s"] = time.monotonic() - t
-    t = time.monotonic()
-    torch.manual_seed(seed)
-    model = sparse.SparsifyingAutoencoder(image_size=patch, **s.autoencoder)
-    sparse.train_autoencoder(model, train.images, s.autoencoder_training, seed=seed)
-    model = model.cpu().eval()
-    with torch.no_grad():
-        truth = model.encode(to_float(data.task_test.images), s.k)
-        train_codes = model.encode(to_float(train.images), s.k)
-    lam, sigma = sparse.ambiguation_stats(train_codes, s.k)
-    codes = sparse.ambiguate(
-        truth, s.k_prime, sampler=sampler, lam=lam, sigma=sigma, generator=torch.Generator().manual_seed(seed)
-    )  # type: ignore[arg-type]
-    timings["autoencoder_s"] = time.monotonic() - t
-    return World(s, data, nets, out, truth, codes, sampler, model, timings)
+        world.timings["classifier_s"] = time.monotonic() - t
+        t = time.monotonic()
+        recon = train_reconstructor(
+            s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
+        )
+        world.nets = SharedNets(featurizer, decider, recon)
+        world.timings["reconstructor_s"] = time.monotonic() - t
+        t = time.monotonic()
+        for i, index in enumerate(partition(train.labels, [1.0 / victims] * victims, seed)):
+            own: ImageSet = train.subset(index)
+            dpm = train_dpm(s.dpm, s.dpm_shape, world.nets, own.images, own.labels, seed=seed + 10 + i)
+            world.victims[f"E{i + 1}"] = Victim(
+                images=to_float(own.images),
+                labels=torch.as_tensor(own.labels),
+                dpm=dpm,
+                poisoned=featurize(featurizer, own.images, dpm),
+                original=featurize(featurizer, own.images),
+            )
+        world.timings["dpms_s"] = time.monotonic() - t
+    if codes:
+        t = time.monotonic()
+        torch.manual_seed(seed)
+        model = sparse.SparsifyingAutoencoder(image_size=patch, **s.autoencoder)
+        sparse.train_autoencoder(model, train.images, s.autoencoder_training, seed=seed)
+        model = model.cpu().eval()
+        with torch.no_grad():
+            truth = model.encode(to_float(data.task_test.images), s.k)
+            train_codes = model.encode(to_float(train.images), s.k)
+        lam, sigma = sparse.ambiguation_stats(train_codes, s.k)
+        generator = torch.Generator().manual_seed(seed)
+        world.codes = sparse.ambiguate(
+            truth, s.k_prime, sampler=sampler, lam=lam, sigma=sigma, generator=generator
+        )  # type: ignore[arg-type]
+        world.autoencoder, world.codes_truth = model, truth
+        world.timings["autoencoder_s"] = time.monotonic() - t
+    return world
