@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -47,6 +49,29 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -
         yield order[start : start + batch_size]
 
 
+# The per-epoch losses of every `fit` call inside a `recording()` block, in call order.
+_CURVES: ContextVar[list[list[float]] | None] = ContextVar("veil_training_curves", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[list[list[float]]]:
+    """Collect the loss history (mean loss per epoch) of each `fit` call made inside the block.
+
+        with recording() as curves:
+            train_classifier(...)
+        curves  # [[loss of epoch 1, loss of epoch 2, ...]]: one list per fit call, in call order
+
+    Training is unchanged: the losses are the ones `fit` computes anyway. Blocks nest (the inner one
+    collects) and are per thread/context, so parties running in one process do not mix.
+    """
+    curves: list[list[float]] = []
+    token = _CURVES.set(curves)
+    try:
+        yield curves
+    finally:
+        _CURVES.reset(token)
+
+
 def fit(
     params: Iterable[nn.Parameter],
     *,
@@ -86,6 +111,9 @@ def fit(
         history.append(total / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
+    sink = _CURVES.get()
+    if sink is not None:
+        sink.append(list(history))
     return history
 
 

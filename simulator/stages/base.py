@@ -72,6 +72,28 @@ class Stage:
         server.run.write_results(self.name, server.records)
 
 
+TRAINING = "training"  # the table of training curves: one record per net, party and epoch
+
+
+def curve_records(label: str, party: str, curves: list[list[float]]) -> list[Record]:
+    """Loss histories (entities.training.recording) as records: table "training", row = epoch (1-based),
+    metric "loss". A second curve under the same label (a net trained twice) is labelled "LABEL (2)"."""
+    out = []
+    for i, history in enumerate(curves):
+        name = label if i == 0 else f"{label} ({i + 1})"
+        out += [Record(TRAINING, epoch, name, party, "loss", float(v)) for epoch, v in enumerate(history, 1)]
+    return out
+
+
+def write_curves(server: Server, unit: str, records: list[Record]) -> list[Record]:
+    """Write a reply's training records as their own unit (`training-UNIT`, so that the stage's own result
+    files are unchanged); return the other records."""
+    curves = [r for r in records if r.table == TRAINING]
+    if curves:
+        server.run.write_results(f"{TRAINING}-{unit}", curves)
+    return [r for r in records if r.table != TRAINING]
+
+
 STAGES: Registry[Stage] = Registry("stage")
 S = TypeVar("S", bound=type[Stage])
 

@@ -9,11 +9,12 @@ from entities import entity as E
 from entities.keys import KEY_FILE
 from entities.owner_measures import measure_owner
 from entities.publication import sha256
+from entities.training import recording
 from simulator import sealing
 from simulator.protocol import ConfigValue, Payload, Publication, Record, Sealed, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
-from simulator.stages.base import Server, Stage, register
+from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.views import PartyView
 
 KEYS = "keys"
@@ -44,13 +45,14 @@ class Codes(Stage):
         owner = view.scenario.data_owner
         assert owner is not None and owner.name == view.name
         seed = E.derive_seed(view.scenario.seed, "codes", view.name)
-        outcome = D.run_owner(
-            owner,
-            view.scenario.dataset,
-            task_seed=view.scenario.task_seed,
-            public_dir=view.public_dir(),
-            seed=seed,
-        )
+        with recording() as curves:
+            outcome = D.run_owner(
+                owner,
+                view.scenario.dataset,
+                task_seed=view.scenario.task_seed,
+                public_dir=view.public_dir(),
+                seed=seed,
+            )
         view.write_private(KEY_FILE, outcome.own_key)
         users, public_keys = task.payload.config["users"], task.payload.config["public_keys"]
         assert isinstance(users, list) and isinstance(public_keys, list)
@@ -65,6 +67,7 @@ class Codes(Stage):
             Record(r["table"], None, r["label"], view.name, r["metric"], float(r["value"]))
             for r in measure_owner(owner, outcome.codes, seed=seed)
         ]
+        records += curve_records("autoencoder", view.name, curves)
         files = outcome.codes.manifest["files"]
         publications = [
             Publication("public", name, tuple(info.get("shape", ())), info.get("dtype", ""), info["sha256"])
@@ -73,6 +76,6 @@ class Codes(Stage):
         return Payload(records=records, publications=publications, sealed=sealed)
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
-        server.records += reply.records
+        server.records += write_curves(server, f"{self.name}-{task.party}", reply.records)
         for item in reply.sealed:  # kept for the `access` stage, as the ciphertext it is
             server.run.keep_sealed(item.recipient, item.what, item.ciphertext)

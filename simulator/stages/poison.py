@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from entities import entity as E
+from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Publication, Record, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
-from simulator.stages.base import Server, Stage, register
+from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.stages.prepare import own_partition
 from simulator.views import PartyView
 
@@ -56,7 +57,8 @@ class Poison(Stage):
         images, labels = own_partition(view)
         entity = s.entity(view.name)
         seed = E.derive_seed(s.seed + entity.seed_offset, "poison", view.name)
-        dpm = E.train_dpm(s.dpm, entity.dpm, nets, images, labels, seed=seed)
+        with recording() as curves:
+            dpm = E.train_dpm(s.dpm, entity.dpm, nets, images, labels, seed=seed)
         buffer = io.BytesIO()
         torch.save(dpm.state_dict(), buffer)
         view.write_private(DPM_FILE, buffer.getvalue())
@@ -78,9 +80,12 @@ class Poison(Stage):
         publications = [
             Publication("pool", f"{x.owner}/{x.name}", x.shape, x.dtype, x.sha256) for x in shards
         ]
-        return Payload(metrics=measured, publications=publications)
+        return Payload(
+            metrics=measured, publications=publications, records=curve_records("DPM", view.name, curves)
+        )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
+        write_curves(server, f"{self.name}-{task.party}", reply.records)
         for kind in ("original", "poisoned"):
             for table, metrics in (("table1", ("top1", "top5")), ("table2", ("l1", "ssim"))):
                 for metric in metrics:

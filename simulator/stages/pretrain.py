@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 from entities import entity as E
+from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
-from simulator.stages.base import Server, Stage, register
+from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.stages.prepare import own_partition
 from simulator.views import PartyView
 
@@ -43,22 +44,26 @@ class Pretrain(Stage):
         images, labels = own_partition(view)
         seed = own_raw_seed(s, view.name)
         t0 = time.monotonic()
-        featurizer, decider = E.train_classifier(
-            s.backbone, s.pretrain, images, labels, len(data.task_train.classes), seed=seed
-        )
+        with recording() as fc_curves:
+            featurizer, decider = E.train_classifier(
+                s.backbone, s.pretrain, images, labels, len(data.task_train.classes), seed=seed
+            )
         t1 = time.monotonic()
-        recon = E.train_reconstructor(
-            s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
-        )
+        with recording() as r_curves:
+            recon = E.train_reconstructor(
+                s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
+            )
         t2 = time.monotonic()
         nets = E.SharedNets(featurizer, decider, recon)
         acc = E.evaluate(featurizer, decider, data.task_test)
         return Payload(
             arrays={name: cache.to_numpy(state) for name, state in nets.state_dicts().items()},
             metrics={**acc, "classifier_s": t1 - t0, "reconstructor_s": t2 - t1},
+            records=curve_records("F+C", view.name, fc_curves) + curve_records("R", view.name, r_curves),
         )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         server.run.save_nets({name: cache.to_torch(reply.arrays[name]) for name in SHARED_NETS})
+        write_curves(server, f"{self.name}-{task.party}", reply.records)
         for metric in ("top1", "top5", "classifier_s", "reconstructor_s"):
             server.records.append(Record("pretrain", None, "F+C", task.party, metric, reply.number(metric)))

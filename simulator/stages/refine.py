@@ -9,11 +9,12 @@ import torch
 
 from entities import entity as E
 from entities.registry import SOURCES
+from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
 from simulator.schema import Row, Scenario, Source
-from simulator.stages.base import Server, Stage, register
+from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.stages.poison import mirrored
 from simulator.stages.prepare import own_partition
 from simulator.stages.pretrain import own_raw_seed
@@ -86,27 +87,35 @@ class Refine(Stage):
             seed = E.derive_seed(s.seed, "refine", row.label)
         nets = None if row.trains_from_raw else cache.shared_nets(view, task.payload.arrays)
         parts = [SOURCES.get(x.kind)(view, x, nets) for x in sources]
-        if row.trains_from_raw:
-            assert s.pretrain is not None
-            images = np.concatenate([p[0] for p in parts])
-            labels = np.concatenate([p[1] for p in parts])
-            num_classes = len(data.task_train.classes)
-            featurizer, decider = E.train_classifier(
-                s.backbone, s.pretrain, images, labels, num_classes, seed=seed
-            )
-            n = len(images)
-        else:
-            assert nets is not None and s.refine is not None
-            feats = torch.cat([torch.as_tensor(p[0]) for p in parts])
-            labels_t = torch.cat([torch.as_tensor(np.asarray(p[1]), dtype=torch.int64) for p in parts])
-            featurizer = nets.featurizer
-            decider = E.train_decider(s.refine, nets.decider, feats, labels_t, seed=seed)
-            n = len(feats)
-        return Payload(metrics={**E.evaluate(featurizer, decider, data.task_test), "n_train": n})
+        number = int(task.payload.number("row")) + 1
+        with recording() as curves:
+            if row.trains_from_raw:
+                assert s.pretrain is not None
+                images = np.concatenate([p[0] for p in parts])
+                labels = np.concatenate([p[1] for p in parts])
+                num_classes = len(data.task_train.classes)
+                featurizer, decider = E.train_classifier(
+                    s.backbone, s.pretrain, images, labels, num_classes, seed=seed
+                )
+                n = len(images)
+                net = f"F+C row {number}"
+            else:
+                assert nets is not None and s.refine is not None
+                feats = torch.cat([torch.as_tensor(p[0]) for p in parts])
+                labels_t = torch.cat([torch.as_tensor(np.asarray(p[1]), dtype=torch.int64) for p in parts])
+                featurizer = nets.featurizer
+                decider = E.train_decider(s.refine, nets.decider, feats, labels_t, seed=seed)
+                n = len(feats)
+                net = f"C refined row {number}"
+        return Payload(
+            metrics={**E.evaluate(featurizer, decider, data.task_test), "n_train": n},
+            records=curve_records(net, view.name, curves),
+        )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         i = int(task.payload.number("row"))
         row = server.scenario.collaboration[i]
+        write_curves(server, row_unit(i), reply.records)  # before the row's unit, which marks it done
         records = [
             Record("table5", i + 1, row.label, row.entity, metric, reply.number(metric))
             for metric in ("top1", "top5", "n_train")
