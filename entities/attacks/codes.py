@@ -7,6 +7,7 @@ the images the public network decodes from the codes restricted to it.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import torch
@@ -81,7 +82,10 @@ class RandomGuess(Attack):
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
         codes, _, k, _ = _published(knowledge)
-        return _result(knowledge, sparse.random_guess(codes, k, torch.Generator().manual_seed(self.seed)))
+        # salted: a guess drawn from the same seeded stream as the publication's fake positions would pick
+        # exactly the fakes (torch.rand of the same shape and seed ranks the same positions first)
+        generator = torch.Generator().manual_seed(zlib.crc32(b"random-guess") + self.seed)
+        return _result(knowledge, sparse.random_guess(codes, k, generator))
 
 
 @register_attack("magnitude")
@@ -214,7 +218,7 @@ class SupportDetector(Attack):
     ) -> tuple[torch.Tensor, ...]:
         """(ambiguated codes, their true supports) the attacker makes from its own codes."""
         _, _, _, k_prime = _published(knowledge)
-        generator = torch.Generator().manual_seed(self.seed + 1)
+        generator = torch.Generator().manual_seed(zlib.crc32(b"support-detector") + self.seed)
         sampler = knowledge.sampler
         if sampler not in ("ctg", "empirical"):
             raise ValueError(f"unknown published sampler {sampler!r}")

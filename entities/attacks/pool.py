@@ -352,10 +352,10 @@ class FeatureAlignment(Attack):
             loss.backward()
             opt.step()
             last = {
-                "mmd": float(mmd),
-                "class_mmd": float(cond),
-                "label_kl": float(label),
-                "joint_l1": float(rec),
+                "mmd": float(mmd.detach()),
+                "class_mmd": float(cond.detach()),
+                "label_kl": float(label.detach()),
+                "joint_l1": float(rec.detach()),
             }
         aligner.eval()
         aligned = apply(lambda f: aligner(f.to(dev)), feats)

@@ -197,7 +197,7 @@ def build_world(
             truth = model.encode(to_float(data.task_test.images), s.k)
             train_codes = model.encode(to_float(train.images), s.k)
         lam, sigma = sparse.ambiguation_stats(train_codes, s.k)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed + 1)  # as the data owner seeds it
         world.codes = sparse.ambiguate(
             truth, s.k_prime, sampler=sampler, lam=lam, sigma=sigma, generator=generator
         )  # type: ignore[arg-type]
