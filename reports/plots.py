@@ -118,3 +118,43 @@ def table5_bars(
     fig.suptitle("Table 5: entity collaboration, ours beside the paper's")
     fig.tight_layout()
     return save(fig, path, formats)[0]
+
+
+def training_plot(
+    curves: pd.DataFrame, title: str, path: Path, n_runs: int, formats: tuple[str, ...] = ("png", "svg")
+) -> Path:
+    """Loss per epoch of the nets of one kind: one line per net and party (mean over the runs, with a
+    band of ± one SD when there are several).
+
+    curves: columns label, entity, row (the epoch, 1-based), mean, sd.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    lines = list(dict.fromkeys(zip(curves["label"], curves["entity"], strict=True)))
+    cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    positive = bool((curves["mean"] > 0).all())
+    for i, (label, entity) in enumerate(lines):
+        c = curves[(curves["label"] == label) & (curves["entity"] == entity)].sort_values("row")
+        epochs = c["row"].to_numpy(dtype=float)
+        mean = c["mean"].to_numpy(dtype=float)
+        name = entity if label == title else f"{label}, {entity}"
+        style = "o-" if len(c) <= 15 else "-"
+        ax.plot(epochs, mean, style, ms=3, lw=1.4, color=cmap(i % cmap.N), label=name)
+        if n_runs > 1 and "sd" in c:
+            sd = np.nan_to_num(c["sd"].to_numpy(dtype=float))
+            low = mean - sd if not positive else np.maximum(mean - sd, mean * 0.05)
+            ax.fill_between(epochs, low, mean + sd, color=cmap(i % cmap.N), alpha=0.15, lw=0)
+    values = curves["mean"].to_numpy(dtype=float)
+    if positive and len(values) and values.max() / max(values.min(), 1e-12) > 20:
+        ax.set_yscale("log")
+        ax.set_ylabel("mean training loss per epoch (log scale)")
+    else:
+        ax.set_ylabel("mean training loss per epoch")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    spread = f"; mean ± SD over {n_runs} seeds" if n_runs > 1 else ""
+    ax.set_title(f"Training loss: {title}{spread}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    return save(fig, path, formats)[0]

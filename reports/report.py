@@ -33,11 +33,19 @@ from reports.paper import (
     scenario_to_paper_rows,
     table3_row,
 )
-from reports.plots import rd_curve_plot, table5_bars
+from reports.plots import rd_curve_plot, table5_bars, training_plot
 from reports.runs import CELL, Sweep
 
 DPM_NOT_POISONED = 0.5  # poisoned SSIM at or above this fraction of the original's: the DPM did not train
-OWN_SECTIONS = {"table1", "table2", "table3", "table5", "ambiguation", "sizes", "rd_curve"}
+OWN_SECTIONS = {"table1", "table2", "table3", "table5", "ambiguation", "sizes", "rd_curve", "training"}
+# What each net's training loss is (the group of a label: "C refined row 3" -> "C refined")
+LOSSES = {
+    "F+C": "cross-entropy on raw images",
+    "R": "L1 reconstruction error on public images",
+    "DPM": "the task term (KL or CE) + lambda x SSIM(R(P(F(x))), x)",
+    "C refined": "cross-entropy on pooled features",
+    "autoencoder": "the sparse autoencoder's reconstruction loss",
+}
 REPORT_SUFFIXES = (".html", ".md", ".csv", ".png", ".svg")
 
 
@@ -369,6 +377,54 @@ def section_rd_curve(stats: Stats, out: Path) -> Section | None:
     )
 
 
+def _net_group(label: str) -> str:
+    """The kind of net a training label names: "C refined row 3" -> "C refined", "DPM (2)" -> "DPM"."""
+    base = label.split(" (")[0]
+    return base.split(" row ")[0]
+
+
+def section_training(stats: Stats, out: Path) -> Section | None:
+    """Training curves: the loss per epoch of every net, one plot per kind of net."""
+    sub = stats.table("training")
+    if sub.empty:
+        return None
+    sub = sub[sub.metric == "loss"].copy()
+    sub["group"] = [_net_group(str(x)) for x in sub["label"]]
+    images = []
+    for group, curves in sub.groupby("group", sort=False):
+        slug = "".join(c if c.isalnum() else "-" for c in str(group)).strip("-").lower()
+        images.append(training_plot(curves, str(group), out / f"training-{slug}.png", stats.n_runs).name)
+    columns = ["label", "entity", "row", "mean"] + (["sd"] if stats.n_runs > 1 else [])
+    frame = sub[columns].rename(columns={"row": "epoch", "mean": "loss"})
+    shown = []
+    for (label, entity), c in sub.groupby(["label", "entity"], sort=False):
+        c = c.sort_values("row")
+        first, last = float(c["mean"].iloc[0]), float(c["mean"].iloc[-1])
+        shown.append(
+            {
+                "net": label,
+                "party": entity,
+                "loss": LOSSES.get(_net_group(str(label)), ""),
+                "epochs": str(len(c)),
+                "first epoch": fmt(first),
+                "last epoch": fmt(last),
+                "last / first": fmt(last / first) if first else "",
+            }
+        )
+    seeds = f" Means over {stats.n_runs} seeds (bands: ± one SD)." if stats.n_runs > 1 else ""
+    return Section(
+        "training",
+        "Training curves",
+        "The mean training loss of each epoch, for every net each party trained (F+C: the classifier from "
+        "raw images, pre-training and the table rows trained from raw images; R: the reconstructor; DPM: "
+        "each entity's poisoning module; C refined: the decider refined on a row's features). A curve "
+        "that does not fall means the net did not learn at this size." + seeds,
+        frame.reset_index(drop=True),
+        pd.DataFrame(shown),
+        images=images,
+    )
+
+
 def section_generic(stats: Stats, table: str) -> Section:
     """Any other table of records: cells pivoted by (row, label, entity) against metric."""
     sub = stats.table(table)
@@ -659,6 +715,7 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
         section_jpeg(stats),
         section_sizes(stats),
         section_rd_curve(stats, out),
+        section_training(stats, out),
     ]
     sections = [s for s in candidates if s is not None]
     sections += [section_generic(stats, t) for t in stats.tables() if t not in OWN_SECTIONS]
