@@ -60,7 +60,66 @@ def check_resumable(root: Path) -> None:
     load_scenario(root / "scenario.yaml")  # its own ScenarioError names the file
 
 
+def _wants_sweep(args: argparse.Namespace) -> bool:
+    from simulator.sweep import is_list_value, is_sweep
+
+    if args.resume:
+        return is_sweep(Path(args.resume)) or bool(args.seeds)
+    return bool(args.seeds) or any(is_list_value(item.partition("=")[2]) for item in args.set)
+
+
+def _write_report(args: argparse.Namespace, path: Path) -> int:
+    """`veil run --report`: the report of the finished run or sweep (as `veil report` writes it)."""
+    if not args.report:
+        return 0
+    return _report(argparse.Namespace(run_dir=str(path), quiet=True))
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    """Several runs (--seeds, a list-valued --set) under one sweep directory; or --resume of a sweep."""
+    from simulator.sweep import SweepInvalid, create_sweep, parse_seeds, plan_sweep
+
+    try:  # every run's scenario validated before anything is written
+        if args.resume:
+            if args.set or args.seeds:
+                print("veil run: a resumed sweep keeps its runs; drop --set and --seeds", file=sys.stderr)
+                return EXIT_INVALID
+            root = Path(args.resume)
+        else:
+            if not args.file:
+                print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
+                return EXIT_INVALID
+            plan = plan_sweep(args.file, args.set, parse_seeds(args.seeds) if args.seeds else None)
+            out = Path(args.out)
+            if out.exists() and not out.is_dir():
+                raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
+    except ScenarioError as err:
+        print(err, file=sys.stderr)
+        return EXIT_INVALID
+    except SweepInvalid as err:
+        print(f"veil run: no run started, nothing written:\n{err}", file=sys.stderr)
+        return EXIT_INVALID
+    if not args.resume:
+        root = create_sweep(plan, out)
+        print(f"sweep directory: {root} ({len(plan.runs)} runs)", file=sys.stderr)
+
+    from simulator.sweep import run_sweep  # torch and flwr load here
+
+    failures = run_sweep(
+        root, engine=args.engine, ray_address=args.ray_address, share_ray=not args.ray_per_run
+    )
+    print(f"sweep directory: {root}")
+    if failures:
+        for line in failures:
+            print(f"veil run failed: {line}", file=sys.stderr)
+        print(f"veil run --resume {root} completes the sweep", file=sys.stderr)
+        return 1
+    return _write_report(args, root)
+
+
 def _run(args: argparse.Namespace) -> int:
+    if _wants_sweep(args):
+        return _run_sweep(args)
     try:  # the inputs first, before torch and flwr load and before anything is written
         if args.resume and args.set:
             print(
@@ -99,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"veil run failed: {err}", file=sys.stderr)
         return 1
     print(f"run directory: {run_dir}")
-    return 0
+    return _write_report(args, run_dir)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -160,9 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("run", help="run a scenario as a Flower simulation on Ray")
+    p = sub.add_parser(
+        "run",
+        help="run a scenario as a Flower simulation on Ray (several seeds or values: a sweep)",
+        description="Run a scenario. --seeds or a --set with a list of values runs a sweep: one run per "
+        "seed (and value) under runs/<scenario>-sweep-<time>/, with sweep.json; `veil report` and "
+        "`veil compare` read it.",
+    )
     p.add_argument("file", nargs="?")
-    _add_overrides(p)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario field, e.g. --set dpm.objective=distill --set entities[1].fraction=0.2; "
+        "a comma-separated list (--set dpm.lambda=0.5,1,2) makes a sweep with one run per value "
+        "(one such list per command; quote a value that holds a comma: --set 'description=\"a, b\"')",
+    )
+    p.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="a sweep with one run per seed: 0-4, 0,2,5 or 0-2,7. The seeds change training only: each "
+        "run gets `seed`, and `dataset.seed` (which photos and patches make the task) stays at the "
+        "scenario's task seed unless the file or a --set sets dataset.seed, so every run has the same task",
+    )
+    p.add_argument(
+        "--report", action="store_true", help="write the report (as `veil report`) at the end; print its path"
+    )
+    p.add_argument(
+        "--ray-per-run",
+        action="store_true",
+        help="in a sweep, start Ray afresh for each run (by default the runs share one Ray instance)",
+    )
     p.add_argument("--out", default="runs", help="where run directories go (default: runs/)")
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"
