@@ -12,6 +12,7 @@ class Role(StrEnum):
     ENTITY = "entity"  # holds a partition of D_p, trains a private DPM, shares poisoned features
     DATA_OWNER = "data owner"  # publishes ambiguated codes, issues keys
     AUTHORISED_USER = "authorised user"  # holds keys for some of the owner's images
+    ADVERSARY = "adversary"  # attacks what is shared, knowing what its threat model allows
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,12 @@ class Party:
 
 def parties(scenario: Scenario) -> list[Party]:
     """Every party of the run, in a fixed order (an engine may number its nodes by it): the entities,
-    then the data owner, then its authorised users."""
+    then the data owner, then its authorised users, then the adversaries."""
     out = [Party(e.name, Role.ENTITY) for e in scenario.entities]
     if scenario.data_owner is not None:
         out.append(Party(scenario.data_owner.name, Role.DATA_OWNER))
         out += [Party(u.name, Role.AUTHORISED_USER) for u in scenario.data_owner.users]
+    out += [Party(a.name, Role.ADVERSARY) for a in scenario.adversaries]
     return out
 
 

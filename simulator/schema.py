@@ -26,13 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-from entities import registry
+from entities import registry, threats
 from simulator.yamlio import YamlRefused, decode, loads
 
 SCHEMA_VERSION: Final = 1
-STAGES = ("prepare", "pretrain", "poison", "refine", "codes", "access")
-DPM_STAGES = ("prepare", "pretrain", "poison", "refine")  # skipped when a scenario has no entities
-DATA_OWNER_STAGES = ("codes", "access")  # skipped when a scenario has no data owner
 
 
 def _number_shape(annotation: Any) -> str | None:
@@ -366,6 +363,52 @@ class DataOwner(Strict):
         return value
 
 
+# --- adversaries ----------------------------------------------------------------------------
+
+OptionValue = int | float | str | bool | list[int] | list[float] | list[str]
+
+
+class AttackSpec(Strict):
+    """An attack by its registered name (`veil attacks` lists them), with options for its constructor."""
+
+    name: str
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+
+
+class Adversary(Strict):
+    """A party that attacks what the method shares, knowing what its threat model allows."""
+
+    name: str = Field(pattern=PARTY_NAME)
+    knowledge: Literal["outsider", "insider", "curious-user"] = Field(
+        "outsider",
+        description=(
+            "outsider: the pool with its labels, the public codes and network, the shared F, C, R, the "
+            "public set D_q and the published recipes; insider: also one entity's own images and DPM (`of`); "
+            "curious-user: also one authorised user's keys and the images they open (`of`)"
+        ),
+    )
+    of: str | None = Field(None, description="the entity an insider is, or the user a curious user is")
+    known_pairs: int = Field(
+        0, ge=0, description="N (image, poisoned feature) pairs of each victim it knows (known plaintext)"
+    )
+    attacks: list[str | AttackSpec] = Field(min_length=1)
+    victims: list[str] = Field(
+        default_factory=list, description="entities whose pooled features it attacks (default: every other)"
+    )
+
+    def attack_specs(self) -> list[AttackSpec]:
+        return [AttackSpec(name=a) if isinstance(a, str) else a for a in self.attacks]
+
+
+class Verdict(Strict):
+    """When the run says out loud that an attack broke a protection."""
+
+    ssim: float = Field(0.3, gt=0, le=1, description="SSIM of reconstructions of protected data above this")
+    reidentification: float = Field(
+        5.0, gt=1, description="or rank-1 re-identification above this many times chance"
+    )
+
+
 class Resources(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU share of each simulated node")
     num_gpus: float = Field(0.0, ge=0, le=1, description="GPU share of each node (0 on a CPU machine)")
@@ -391,6 +434,8 @@ class Scenario(Strict):
     refine: RefineTraining | None = None
     collaboration: list[Row] = Field(default_factory=list)
     data_owner: DataOwner | None = Field(None, description="the sparse-codes data owner and its users")
+    adversaries: list[Adversary] = Field(default_factory=list)
+    verdict: Verdict = Verdict()
     resources: Resources = Resources()
     timeouts: Timeouts = Timeouts()
 
@@ -568,7 +613,13 @@ def _semantic_problems(data: dict[str, Any]) -> list[Problem]:
         if row.label in seen:
             problems.append(Problem(f"collaboration[{i}].label", f"duplicate row label {row.label!r}"))
         seen.add(row.label)
-    return problems + _party_problems(data) + _data_owner_problems(data) + _input_problems(data)
+    return (
+        problems
+        + _party_problems(data)
+        + _data_owner_problems(data)
+        + _input_problems(data)
+        + _adversary_problems(data)
+    )
 
 
 def _int(mapping: Any, key: str) -> int | None:
@@ -821,6 +872,87 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
                     "which a case-insensitive file system would merge",
                 )
             )
+    return problems
+
+
+def _adversary_problems(data: dict[str, Any]) -> list[Problem]:
+    """Each adversary's attacks exist, its threat model gives it what they need, there is something to
+    attack, `of` names a party of the right kind, and N known pairs are pairs its victims hold."""
+    problems: list[Problem] = []
+    raw = data.get("adversaries")
+    entities = [e.name for _, e in _well_formed(Entity, data.get("entities"))]
+    owner = data.get("data_owner") if isinstance(data.get("data_owner"), dict) else None
+    users = [u.name for _, u in _well_formed(UserGrant, (owner or {}).get("users"))]
+    taken = set(entities) | set(users) | ({owner.get("name", "owner")} if owner else set())
+    sizes: dict[str, int] = {}
+    try:
+        photos = PhotosDataset.model_validate(data.get("dataset", {}))
+        mirrored = bool((data.get("dpm") or {}).get("share_mirrored", True))
+        n_train = photos.task_classes * photos.train_per_class
+        sizes = {
+            e.name: max(1, round(e.fraction * n_train)) * (2 if mirrored else 1)
+            for _, e in _well_formed(Entity, data.get("entities"))
+        }
+    except (ValidationError, AttributeError, TypeError):
+        pass  # reported by the structural pass
+    for i, adversary in _well_formed(Adversary, raw):
+        at = f"adversaries[{i}]"
+        if adversary.name in taken:
+            problems.append(Problem(f"{at}.name", f"{adversary.name!r} is already a party's name"))
+        taken.add(adversary.name)
+        if adversary.knowledge == "outsider" and adversary.of is not None:
+            problems.append(
+                Problem(f"{at}.of", "an outsider is no party; `of` is for insiders and curious users")
+            )
+        if adversary.knowledge == "insider" and adversary.of not in entities:
+            problems.append(
+                Problem(f"{at}.of", f"an insider is one of the entities; expected one of {entities}")
+            )
+        if adversary.knowledge == "curious-user" and adversary.of not in users:
+            problems.append(
+                Problem(
+                    f"{at}.of", f"a curious user is one of the data owner's users; expected one of {users}"
+                )
+            )
+        for j, victim in enumerate(adversary.victims):
+            if victim not in entities:
+                problems.append(
+                    Problem(f"{at}.victims[{j}]", f"{victim!r} is not an entity; expected one of {entities}")
+                )
+        knows = threats.knowledge_of(adversary.knowledge, adversary.known_pairs)
+        for j, spec in enumerate(adversary.attack_specs()):
+            where = f"{at}.attacks[{j}]"
+            entry = threats.ATTACKS.get(spec.name)
+            if entry is None:
+                known = ", ".join(threats.ATTACKS)
+                problems.append(Problem(where, f"unknown attack {spec.name!r}; known attacks: {known}"))
+                continue
+            missing = sorted(entry.needs - knows)
+            if missing:
+                why = f"an adversary with knowledge {adversary.knowledge!r}"
+                if "known_pairs" in missing:
+                    why += " and known_pairs: 0"
+                problems.append(
+                    Problem(where, f"{spec.name!r} needs {', '.join(missing)}, which {why} lacks")
+                )
+            if entry.target == "pool" and not entities:
+                problems.append(
+                    Problem(where, f"{spec.name!r} attacks the pool, but the scenario has no entities")
+                )
+            if entry.target == "codes" and owner is None:
+                problems.append(
+                    Problem(where, f"{spec.name!r} attacks the codes, but the scenario has no data_owner")
+                )
+        victims = adversary.victims or [e for e in entities if e != adversary.of]
+        for victim in victims:
+            if victim in sizes and adversary.known_pairs > sizes[victim]:
+                problems.append(
+                    Problem(
+                        f"{at}.known_pairs",
+                        f"{adversary.known_pairs} pairs, but victim {victim!r} pooled only "
+                        f"{sizes[victim]} features",
+                    )
+                )
     return problems
 
 

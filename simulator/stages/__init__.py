@@ -10,7 +10,7 @@ import os
 
 from simulator.stages.base import STAGES, Server, Stage, register, stage_order
 
-RUN_ORDER = ("prepare", "pretrain", "poison", "refine", "codes", "access")
+RUN_ORDER = ("prepare", "pretrain", "poison", "refine", "codes", "access", "leak", "attack", "score")
 for _name in RUN_ORDER:
     importlib.import_module(f"simulator.stages.{_name}")
 for _module in filter(None, os.environ.get("VEIL_PLUGINS", "").split(",")):

@@ -9,16 +9,22 @@ import numpy as np
 import torch
 
 from entities import entity as E
+from entities import threats
 from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Publication, Record, Task
 from simulator.roles import Role
-from simulator.schema import Scenario
+from simulator.schema import Adversary, Scenario
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.stages.prepare import own_partition
 from simulator.views import PartyView
 
 DPM_FILE = "dpm.pt"
+
+
+def victims_of(scenario: Scenario, adversary: Adversary) -> list[str]:
+    """The entities an adversary attacks: those it names, or every entity but the one it is."""
+    return list(adversary.victims) or [e.name for e in scenario.entities if e.name != adversary.of]
 
 
 def mirrored(scenario: Scenario) -> bool:
@@ -36,13 +42,17 @@ class Poison(Stage):
         return "" if scenario.entities else "the scenario has no entities"
 
     def plan(self, server: Server) -> list[Task]:
-        # Original (unprotected) features are published only for the table's reference rows.
+        # Original (unprotected) features are published only for the table's reference rows, and for the
+        # attacks' counterfactual: the same entity without a DPM, to show what the protection buys.
         wanted_original = {
             src.of
             for row in server.scenario.collaboration
             for src in row.sources()
             if src.kind == "original" and src.of != row.entity
         }
+        for adversary in server.scenario.adversaries:
+            if any(threats.ATTACKS[a.name].target == "pool" for a in adversary.attack_specs()):
+                wanted_original |= set(victims_of(server.scenario, adversary))
         nets = server.run.load_nets()
         arrays = {name: cache.to_numpy(nets[name]) for name in ("featurizer", "decider", "reconstructor")}
         return [
