@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from simulator.preflight import check_scenario_unchanged, check_writable
 from simulator.schema import Problem, ScenarioError, load_scenario
 
 EXIT_INVALID = 2
@@ -128,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         if args.resume:
             check_resumable(Path(args.resume))
+            check_scenario_unchanged(Path(args.resume))
+            check_writable(Path(args.resume), "--resume")
         else:
             if not args.file:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
@@ -136,27 +139,48 @@ def _run(args: argparse.Namespace) -> int:
             out = Path(args.out)
             if out.exists() and not out.is_dir():
                 raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
+            check_writable(out, "--out")
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
 
+    from simulator.rundir import RunDamaged, RunLock, RunLocked
+
+    lock = None
+    if args.resume:
+        try:  # one writer per run directory: taken before anything of it is completed
+            lock = RunLock(Path(args.resume))
+        except RunLocked as err:
+            print(f"veil run: {err}", file=sys.stderr)
+            return EXIT_INVALID
+
     from simulator.launcher import (  # torch and flwr load here, not for validate
         RunFailed,
+        Stopped,
         resume_run,
         start_run,
     )
 
     try:
         if args.resume:
-            run_dir = resume_run(Path(args.resume), engine=args.engine, ray_address=args.ray_address)
+            run_dir = resume_run(
+                Path(args.resume), engine=args.engine, ray_address=args.ray_address, locked=True
+            )
         else:
             run_dir = start_run(scenario, out=out, engine=args.engine, ray_address=args.ray_address)
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
-    except RunFailed as err:
+    except Stopped as err:
+        again = f"veil run --resume {args.resume or 'RUN_DIR'}"
+        print(f"veil run {err}: finished stages and rows are kept; `{again}` completes it", file=sys.stderr)
+        return 128 + err.signum  # 130 for SIGINT, 143 for SIGTERM
+    except (RunFailed, RunDamaged, OSError) as err:  # OSError: a disk that filled up mid-run, say
         print(f"veil run failed: {err}", file=sys.stderr)
         return 1
+    finally:
+        if lock is not None:
+            lock.close()
     print(f"run directory: {run_dir}")
     return _write_report(args, run_dir)
 
@@ -197,6 +221,21 @@ def _compare(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RunFormatError, NotComparable) as err:
         print(f"veil compare: {err}", file=sys.stderr)
         return EXIT_INVALID
+    return 0
+
+
+def _attacks(args: argparse.Namespace) -> int:
+    """The attack catalogue and the threat models (entities.threats: no torch)."""
+    from entities import threats
+
+    width = max(map(len, threats.ATTACKS))
+    for name, entry in threats.ATTACKS.items():
+        print(f"{name:<{width}}  {entry.target:<5}  {entry.summary}")
+        print(f"{'':<{width}}  needs: {', '.join(sorted(entry.needs))}")
+    print("\nthreat models (adversaries[i].knowledge), and what each knows:")
+    for model, words in threats.THREAT_MODELS.items():
+        print(f"  {model}: {', '.join(sorted(words))}")
+    print("  known_pairs: N > 0 adds known_pairs to any of them")
     return 0
 
 
@@ -288,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where curves against a varied field go (default: SWEEP/report)"
     )
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("attacks", help="the registered attacks: what each attacks and what it needs to know")
+    p.set_defaults(func=_attacks)
     return parser
 
 
