@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("scenario", type=Path)
     parser.add_argument("--ref", required=True, help="the reference revision (a commit)")
+    parser.add_argument("--this", default=None, help="a revision to measure instead of this checkout")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--engine", default=None, help="--engine for this checkout (the reference has none)")
     args = parser.parse_args(argv)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.repeat):
                 for name, tree, extra in (
                     ("ref", ref_tree, []),
-                    ("this", ROOT, ["--engine", args.engine] if args.engine else []),
+                    ("this", this_tree, ["--engine", args.engine] if args.engine else []),
                 ):
                     out = Path(tmp) / f"{name}-{i}"
                     wall, run_dir = run_once(tree, scenario, out, extra)
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"load: {os.getloadavg()}")
             return 0 if same else 1
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(ref_tree)], cwd=ROOT, check=False)
+            for tree in {ref_tree, this_tree} - {ROOT}:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
 
 if __name__ == "__main__":
