@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(
             ["git", "worktree", "add", "-q", "--detach", str(ref_tree), args.ref], cwd=ROOT, check=True
         )
+        this_tree = ROOT
+        if args.this:
+            this_tree = Path(tmp) / "this"
+            subprocess.run(
+                ["git", "worktree", "add", "-q", "--detach", str(this_tree), args.this], cwd=ROOT, check=True
+            )
         try:
             walls: dict[str, list[float]] = {"ref": [], "this": []}
             outs: dict[str, Path] = {}
