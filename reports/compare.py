@@ -20,7 +20,21 @@ from reports.runs import CELL, Run, Sweep, dotted, field_value
 
 CONFIDENCE = 0.95
 # Manifest fields that may change results; a difference is warned about, not refused.
-ENVIRONMENT = (("versions", "torch"), ("hardware", "machine"), ("hardware", "cuda"))
+# The hardware section's fields beyond the machine are what decide one seed's numbers on a machine:
+# torch's threads, the CPU's SIMD kernels, CUDA/cuDNN, and whether deterministic algorithms were on.
+ENVIRONMENT = (
+    ("versions", "torch"),
+    ("hardware", "machine"),
+    ("hardware", "cuda"),
+    ("hardware", "torch_threads"),
+    ("hardware", "torch_interop_threads"),
+    ("hardware", "cpu_capability"),
+    ("hardware", "cuda_version"),
+    ("hardware", "cudnn_version"),
+    ("hardware", "deterministic_algorithms"),
+    ("hardware", "cudnn_deterministic"),
+    ("hardware", "cudnn_benchmark"),
+)
 
 
 class NotComparable(ValueError):
@@ -69,7 +83,8 @@ def check_comparable(sweep: Sweep, vary: list[str] | None = None) -> None:
 
 
 def environment_warnings(runs: list[Run]) -> list[str]:
-    """One line per manifest field (torch version, machine, CUDA) that differs between runs."""
+    """One line per manifest field (torch version, machine, CUDA, threads, CPU capability, cuDNN,
+    deterministic settings) that differs between runs."""
     out = []
     for section, key in ENVIRONMENT:
         seen: dict[str, list[str]] = {}

@@ -4,13 +4,18 @@ one node per party) that drives its stages."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 
-from simulator.engines import RunFailed, get_engine
-from simulator.rundir import RunDir
+from simulator.engines import RunFailed, Stopped, audit_now, clear_stop, get_engine, request_stop
+from simulator.rundir import RunDir, RunLock
 from simulator.schema import Scenario
 from simulator.stages import stage_order
 
@@ -43,17 +48,53 @@ class ProgressConsole(Console):
 
 console = ProgressConsole(stderr=True, highlight=False)
 
-__all__ = ["RunFailed", "resume_run", "start_run"]
+__all__ = ["RunFailed", "Stopped", "resume_run", "start_run"]
 
 
 def _log(text: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
 
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ask the run to stop (simulator.engines.request_stop): the server stops
+    dispatching within a poll, keeps what finished, and the engine shuts down. A second signal stops at once.
+    Only the main thread can take signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    clear_stop()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and stops:
+            raise KeyboardInterrupt
+        stops.append(signum)
+        _log(f"[yellow]{signal.Signals(signum).name}: stopping; finished work is kept (veil run --resume)[/]")
+        request_stop(signum)
+
+    stops: list[int] = []
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        clear_stop()
+
+
 def _simulate(run: RunDir, engine: str, ray_address: str | None) -> None:
     _log(f"run [bold]{run.root}[/] ({engine} engine)")
     t0 = time.monotonic()
-    get_engine(engine)(run, _log, ray_address)
+    try:
+        with stop_on_signals():
+            get_engine(engine)(run, _log, ray_address)
+    except Stopped as err:
+        stages = run.manifest()["stages"]
+        done = [name for name, entry in stages.items() if entry.get("status") == "done"]
+        units = sorted(u.stem for u in run.results_dir.glob("*.jsonl")) if run.results_dir.exists() else []
+        audit_now(run, "stop", signal=signal.Signals(err.signum).name, stages_done=done, units_done=units)
+        _log(f"[yellow]stopped after {time.monotonic() - t0:.1f} s; {len(units)} result unit(s) kept[/]")
+        raise
     missing = [s.name for s in stage_order() if not run.stage_done(s.name)]
     if missing:
         raise RunFailed(
@@ -66,12 +107,24 @@ def start_run(
     scenario: Scenario, *, out: Path, engine: str = "flower", ray_address: str | None = None
 ) -> Path:
     run = RunDir.create(scenario, out)
-    _simulate(run, engine, ray_address)
+    with RunLock(run.root):
+        _simulate(run, engine, ray_address)
     return run.root
 
 
-def resume_run(root: Path, *, engine: str = "flower", ray_address: str | None = None) -> Path:
+def resume_run(
+    root: Path, *, engine: str = "flower", ray_address: str | None = None, locked: bool = False
+) -> Path:
+    """Complete a run. locked: the caller holds its RunLock already (`veil run --resume` takes it first)."""
     run = RunDir.open(root)
-    run.drop_torn_audit_line()
-    _simulate(run, engine, ray_address)
+    with RunLock(run.root) if not locked else _held():
+        run.drop_torn_audit_line()
+        done = [name for name, entry in run.manifest()["stages"].items() if entry.get("status") == "done"]
+        audit_now(run, "resume", pid=os.getpid(), stages_done=done)
+        _simulate(run, engine, ray_address)
     return run.root
+
+
+@contextmanager
+def _held() -> Iterator[None]:
+    yield

@@ -16,6 +16,8 @@ from simulator.protocol import Payload, Task
 from simulator.stages import STAGES
 from simulator.views import Forbidden, PartyView
 
+EXPECTED, WROTE = "expected", "wrote"  # the task's and the reply's digest lists (simulator.engines)
+
 
 def hello(root: Path, name: str) -> Payload:
     """Who this node is: its party and the public half of its key pair (made on first contact)."""
@@ -34,7 +36,11 @@ def handle(root: Path, name: str, task: Task) -> Payload:
     if party.role not in stage.roles:
         raise Forbidden(f"stage {task.stage!r} is not for {name} ({party.role})")
     torch.set_num_threads(max(1, int(scenario.resources.num_cpus)))
-    view = PartyView(root, party, scenario)
+    expected = task.payload.config.get(EXPECTED, [])
+    digests = dict(str(x).partition("=")[::2] for x in (expected if isinstance(expected, list) else []))
+    view = PartyView(root, party, scenario, expected=digests)
     reply = stage.work(view, task)
     reply.reads = view.reads + reply.reads
+    if view.wrote:  # what the party keeps, as digests: the server records them, never the files
+        reply.config[WROTE] = [f"{where}={sha}" for where, sha in sorted(view.wrote.items())]
     return reply

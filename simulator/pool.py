@@ -3,7 +3,7 @@
 Layout of a pool directory::
 
     manifest.json                 one entry per shard: name, owner, file, shape, dtype, labels,
-                                  sha256 and size of the shard file
+                                  sha256 and size of the shard file, sha256 of its labels
     .lock                         flock target that serialises manifest updates
     <owner>--<name>.f16.npy       features, float16, written with numpy.save
 
@@ -62,6 +62,12 @@ class ShardInfo:
     sha256: str
     bytes: int
     labels: tuple[int, ...] = field(repr=False)
+    labels_sha256: str = field(default="", repr=False)
+
+    @property
+    def content_sha256(self) -> str:
+        """One digest of the shard's features (its file) and its labels: what a reader must get."""
+        return hashlib.sha256(f"{self.sha256}:{self.labels_sha256}".encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         """The entry as it is stored in manifest.json."""
@@ -72,6 +78,7 @@ class ShardInfo:
             "shape": list(self.shape),
             "dtype": self.dtype,
             "labels": list(self.labels),
+            "labels_sha256": self.labels_sha256,
             "sha256": self.sha256,
             "bytes": self.bytes,
         }
@@ -92,6 +99,7 @@ class ShardInfo:
             sha256=str(entry["sha256"]),
             bytes=int(entry["bytes"]),
             labels=labels,
+            labels_sha256=str(entry["labels_sha256"]),
         )
         _check_name("owner", info.owner)
         _check_name("name", info.name)
@@ -150,6 +158,7 @@ class Pool:
                 sha256=digest,
                 bytes=size,
                 labels=labs,
+                labels_sha256=labels_sha256(labs),
             )
             with self._locked(exclusive=True):
                 entries = self._load()
@@ -301,6 +310,11 @@ class Pool:
             raise PoolError(
                 f"manifest entry for {path} ({who}) has {len(info.labels)} labels for {info.shape[0]} rows"
             )
+        if labels_sha256(info.labels) != info.labels_sha256:
+            raise CorruptShard(
+                f"shard {path} ({who}) has altered labels: expected labels sha256 {info.labels_sha256},"
+                f" got {labels_sha256(info.labels)}"
+            )
         return offset
 
 
@@ -336,6 +350,11 @@ def _as_labels(labels: np.ndarray, rows: int) -> tuple[int, ...]:
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
         raise ValueError("labels must fit in int64")
     return tuple(arr.astype(np.int64).tolist())
+
+
+def labels_sha256(labels: tuple[int, ...]) -> str:
+    """sha256 of labels as little-endian int64: recorded at publication, checked on every read."""
+    return hashlib.sha256(np.asarray(labels, dtype="<i8").tobytes()).hexdigest()
 
 
 def _digest(f: IO[bytes]) -> tuple[str, int]:

@@ -2,7 +2,9 @@
 
 runs/<scenario>-<timestamp>/
     scenario.yaml          the resolved scenario
-    manifest.json          seed, library versions, hardware, per-stage status and wall times
+    manifest.json          seed, library versions, hardware, per-stage status and wall times, and the
+                           sha256 of every file a resume depends on ("digests")
+    .lock                  flock'd by the one `veil run` writing here: pid, host, start time
     results/<unit>.jsonl   flat records (table, row, label, entity, metric, value), one file per
                            finished unit of work (a stage, or one row of the collaboration table)
     audit.jsonl            every message: type, sender, receiver, record names, bytes
@@ -19,9 +21,12 @@ the parties through their views (simulator.views).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import platform
+import socket
 import time
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +37,60 @@ from simulator.protocol import RESULT_FIELDS, Record
 from simulator.schema import Scenario, load_scenario
 
 NETS_FILE = "nets.pt"
+LOCK_FILE = ".lock"
+SCENARIO_DIGEST = "scenario.yaml"  # the manifest's digest key of the resolved scenario
+NETS_DIGEST = f"shared/{NETS_FILE}"
+
+
+class RunDamaged(RuntimeError):
+    """A file a finished stage left behind is missing or differs from the digest the manifest recorded."""
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RunLock:
+    """The one writer of a run directory: an exclusive flock on `<run>/.lock`, released on close (or
+    when the process ends, however it ends). The file says who holds it: pid, host, start time."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / LOCK_FILE
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "(unknown)"
+            os.close(fd)
+            raise RunLocked(
+                f"{root}: in use by another `veil run` ({who}); one writer per run directory"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def library_versions() -> dict[str, str]:
@@ -128,7 +187,8 @@ class RunDir:
             root = Path(out) / f"{scenario.name}-{stamp}-{n}"
         root.mkdir(parents=True)
         run = cls(root)
-        write_atomic(run.scenario_path, scenario.resolved_yaml())
+        resolved = scenario.resolved_yaml().encode()
+        write_atomic(run.scenario_path, resolved)
         run._write_manifest(
             {
                 "scenario": scenario.name,
@@ -137,6 +197,7 @@ class RunDir:
                 "versions": library_versions(),
                 "hardware": hardware(),
                 "stages": {},
+                "digests": {SCENARIO_DIGEST: sha256_of(resolved)},
             }
         )
         return run
@@ -163,10 +224,25 @@ class RunDir:
     def stage_done(self, stage: str) -> bool:
         return bool(self.manifest()["stages"].get(stage, {}).get("status") == "done")
 
-    def mark_stage(self, stage: str, *, status: str, wall_s: float, **extra: Any) -> None:
+    def mark_stage(
+        self, stage: str, *, status: str, wall_s: float, digests: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        """Record a stage's status, and the digests of the files it left (in the same atomic write)."""
         data = self.manifest()
         entry = data["stages"].setdefault(stage, {})
         entry.update(status=status, wall_s=round(wall_s, 3), at=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
+        if digests:
+            data.setdefault("digests", {}).update(digests)
+        self._write_manifest(data)
+
+    def digests(self) -> dict[str, str]:
+        """sha256 of what a resume depends on, by path in the run directory (a pool shard: pool/OWNER/NAME,
+        its file and labels together)."""
+        return dict(self.manifest().get("digests") or {})
+
+    def record_digests(self, digests: dict[str, str]) -> None:
+        data = self.manifest()
+        data.setdefault("digests", {}).update(digests)
         self._write_manifest(data)
 
     # --- results ---
@@ -193,15 +269,27 @@ class RunDir:
 
         buffer = io.BytesIO()
         torch.save(states, buffer)
-        write_atomic(self.shared_dir / NETS_FILE, buffer.getvalue())
+        data = buffer.getvalue()
+        write_atomic(self.shared_dir / NETS_FILE, data)  # fsynced before its digest is recorded
+        self.record_digests({NETS_DIGEST: sha256_of(data)})
 
     def load_nets(self) -> dict[str, Any]:
+        """F, C, R as saved, verified against the digest the manifest recorded when they were saved."""
+        import io
+
         import torch
 
         path = self.shared_dir / NETS_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; stage 'pretrain' has not finished")
-        states: dict[str, Any] = torch.load(path, weights_only=True)
+            raise RunDamaged(f"{path}: missing; stage 'pretrain' has not finished, or the file was removed")
+        data = path.read_bytes()
+        expected = self.digests().get(NETS_DIGEST)
+        if expected is not None and sha256_of(data) != expected:
+            raise RunDamaged(
+                f"{path}: altered since stage 'pretrain' saved it (sha256 {sha256_of(data)}, "
+                f"the manifest recorded {expected})"
+            )
+        states: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
         return states
 
     def keep_sealed(self, recipient: str, what: str, ciphertext: bytes) -> None:
@@ -214,10 +302,22 @@ class RunDir:
         return path.read_bytes()
 
     # --- audit ---
-    def audit(self, event: dict[str, Any]) -> None:
-        """Append one event; only the server process writes the audit log."""
+    def audit(self, event: dict[str, Any], *, sync: bool = False) -> None:
+        """Append one event; only the server process writes the audit log. sync: fsync it now."""
         with open(self.audit_path, "a") as fh:
             fh.write(json.dumps(event) + "\n")
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def sync_audit(self) -> None:
+        """fsync the audit log (at each stage's end, before the stage is marked done)."""
+        if self.audit_path.exists():
+            fd = os.open(self.audit_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def drop_torn_audit_line(self) -> None:
         """A run killed mid-write can leave half an audit line; drop it so that resumed events parse.

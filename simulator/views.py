@@ -31,6 +31,10 @@ class Forbidden(PermissionError):
     """A party asked for something its role or identity does not allow."""
 
 
+class Altered(ValueError):
+    """A file differs from the digest recorded when the stage that wrote it finished."""
+
+
 def party_dir(root: Path, name: str) -> Path:
     return Path(root) / "parties" / name
 
@@ -38,8 +42,9 @@ def party_dir(root: Path, name: str) -> Path:
 class PoolView:
     """The pool as one party sees it: it publishes under its own name only; every read is recorded."""
 
-    def __init__(self, root: Path, party: Party, reads: list[Read]):
+    def __init__(self, root: Path, party: Party, reads: list[Read], expected: dict[str, str] | None = None):
         self._root, self._party, self._reads = root, party, reads
+        self._expected = expected if expected is not None else {}  # "pool/OWNER/NAME" -> content digest
 
     @property
     def _pool(self) -> Pool:
@@ -53,6 +58,13 @@ class PoolView:
     def read(self, owner: str, name: str) -> tuple[np.ndarray, np.ndarray]:
         features, labels = self._pool.read(owner, name)
         info = next(s for s in self._pool.shards(owner) if s.name == name)
+        expected = self._expected.get(f"pool/{owner}/{name}")
+        if expected is not None and info.content_sha256 != expected:
+            raise Altered(
+                f"shard {self._root / info.file} (owner {owner!r}, name {name!r}) is not what {owner}"
+                f" published: its features and labels hash to {info.content_sha256}, the run's manifest"
+                f" recorded {expected}"
+            )
         self._reads.append(Read(f"pool/{owner}/{name}", info.sha256))
         return features, labels
 
@@ -60,13 +72,17 @@ class PoolView:
 class PartyView:
     """One party's view of a run."""
 
-    def __init__(self, root: Path, party: Party, scenario: Scenario):
+    def __init__(self, root: Path, party: Party, scenario: Scenario, expected: dict[str, str] | None = None):
+        """expected: digests the server recorded for this party's files ("private/NAME") and the pool's
+        shards ("pool/OWNER/NAME"); a file that differs is refused when read."""
         self.party = party
         self.scenario = scenario
         self.reads: list[Read] = []
+        self.wrote: dict[str, str] = {}  # "private/NAME" or "keys/NAME" -> sha256 of what this view wrote
+        self.expected = dict(expected or {})
         self._root = Path(root)
         self._mine = party_dir(self._root, party.name)
-        self.pool = PoolView(self._root / "pool", party, self.reads)
+        self.pool = PoolView(self._root / "pool", party, self.reads, self.expected)
 
     @property
     def name(self) -> str:
@@ -79,14 +95,30 @@ class PartyView:
             raise Forbidden(f"{name!r} is not a plain file name of {self.name}'s private directory")
         return make_private_dir(self._mine / "private") / name
 
+    def _wrote(self, where: str, data: bytes) -> None:
+        self.wrote[where] = self.expected[where] = hashlib.sha256(data).hexdigest()
+
     def write_private(self, name: str, data: bytes) -> Path:
-        return write_atomic(self.private_file(name), data, private=True)
+        path = write_atomic(self.private_file(name), data, private=True)  # fsynced, file and directory
+        self._wrote(f"private/{name}", data)
+        return path
 
     def read_private(self, name: str, missing: str = "") -> bytes:
+        """A private file, verified against the digest recorded when the stage that wrote it finished."""
         path = self.private_file(name)
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; {missing or 'the stage that writes it has not run'}")
-        return path.read_bytes()
+        data = path.read_bytes()
+        self._verify(f"private/{name}", path, data)
+        return data
+
+    def _verify(self, where: str, path: Path, data: bytes) -> None:
+        expected = self.expected.get(where)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise Altered(
+                f"{path}: altered since the stage that wrote it finished (sha256"
+                f" {hashlib.sha256(data).hexdigest()}, the run's manifest recorded {expected})"
+            )
 
     def identity(self) -> bytes:
         """This party's private X25519 key, made on first use; it never leaves the private directory."""
@@ -119,10 +151,13 @@ class PartyView:
         return make_private_dir(self._mine / KEYS_DIR) / KEY_FILE
 
     def write_keys(self, data: bytes) -> Path:
-        return write_atomic(self.keys_file(), data, private=True)
+        path = write_atomic(self.keys_file(), data, private=True)
+        self._wrote(f"{KEYS_DIR}/{KEY_FILE}", data)
+        return path
 
     def read_keys(self) -> bytes:
         data = self.keys_file().read_bytes()
+        self._verify(f"{KEYS_DIR}/{KEY_FILE}", self.keys_file(), data)
         self.reads.append(
             Read(f"parties/{self.name}/{KEYS_DIR}/{KEY_FILE}", hashlib.sha256(data).hexdigest())
         )

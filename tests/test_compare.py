@@ -243,6 +243,26 @@ def test_environment_differences_are_warned_about(tmp_path: Path, capsys: pytest
     assert "warning: versions.torch differs" in out and "2.15.0" in out and "seed-2" in out
 
 
+def test_runs_mixing_threads_cpu_kernels_cudnn_or_determinism_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_sweep(tmp_path / "sweep")
+    runs = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+    settings = [
+        {"torch_threads": 2, "cpu_capability": "AVX2", "cudnn_version": None, "deterministic_algorithms": False},
+        {"torch_threads": 4, "cpu_capability": "AVX512", "cudnn_version": 90100, "deterministic_algorithms": True},
+    ]
+    for run, extra in zip(runs, settings + [settings[0]] * (len(runs) - 2), strict=True):
+        manifest = json.loads((run / "manifest.json").read_text())
+        manifest["hardware"].update(extra)
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["compare", str(root)]) == 0
+    out = capsys.readouterr().out
+    for field in ("torch_threads", "cpu_capability", "cudnn_version", "deterministic_algorithms"):
+        assert f"warning: hardware.{field} differs" in out, field
+    assert "AVX512" in out and runs[1].name in out
+
+
 def test_a_parameter_sweep_gives_curves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "lambda"
     lambdas = [0.5, 1.0, 2.0]

@@ -76,6 +76,7 @@ def test_manifest_fields(tmp_path: Path) -> None:
         "shape": [4, 3, 4],
         "dtype": "float16",
         "labels": labs.tolist(),
+        "labels_sha256": hashlib.sha256(labs.astype("<i8").tobytes()).hexdigest(),
         "sha256": info.sha256,
         "bytes": info.bytes,
     }

@@ -9,12 +9,17 @@ An engine opens a `Session` for a run and calls `drive(run, session, log)`.
 
 from __future__ import annotations
 
+import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from entities.registry import Registry
 from simulator import roles
+from simulator.node import EXPECTED, WROTE
+from simulator.pool import Pool, PoolError
 from simulator.protocol import Payload, Record, Task
 from simulator.rundir import RunDir
 from simulator.stages import Server, stage_order
@@ -25,6 +30,48 @@ OnReply = Callable[[Task, Payload], None]
 
 class RunFailed(RuntimeError):
     """A stage could not finish: a party failed, timed out, or never registered."""
+
+
+class TaskFailed(RunFailed):
+    """A party's node answered a task with an error (`kind` "error") or not in time ("timeout")."""
+
+    def __init__(self, message: str, *, stage: str, party: str, key: str, kind: str = "error"):
+        super().__init__(message)
+        self.stage, self.party, self.key, self.kind = stage, party, key, kind
+
+
+class Stopped(RunFailed):
+    """The run was asked to stop (SIGINT, SIGTERM): what finished is kept, the rest waits for --resume."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+_stop = threading.Event()
+_stop_signal: list[int] = []
+
+
+def request_stop(signum: int = signal.SIGINT) -> None:
+    """Ask the server's loop to stop at its next check (between replies; the inline engine between tasks)."""
+    _stop_signal.append(signum)
+    _stop.set()
+
+
+def clear_stop() -> None:
+    _stop.clear()
+    _stop_signal.clear()
+
+
+def check_stop() -> None:
+    """Raise Stopped if a stop was requested."""
+    if _stop.is_set():
+        raise Stopped(_stop_signal[0] if _stop_signal else signal.SIGINT)
+
+
+# What a reply says its party wrote (config "wrote") and what a task says the party should find
+# (config "expected"): "WHERE=SHA256" strings, WHERE one of these.
+_PARTY_FILE = re.compile(r"^(private|keys)/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class Session(Protocol):
@@ -49,9 +96,11 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
     scenario = run.scenario()
     parties = roles.parties(scenario)
     server = Server(run, scenario, parties, log)
+    check_stop()
     server.public_keys = session.discover(parties)
     log(f"{len(parties)} parties registered: {', '.join(p.name for p in parties)}")
     for stage in stage_order():
+        check_stop()
         if run.stage_done(stage.name):
             log(f"[bold]{stage.name}[/]: done in an earlier attempt, skipped")
             continue
@@ -63,31 +112,68 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
         t0 = time.monotonic()
         log(f"[bold]{stage.name}[/]: started")
         tasks = stage.plan(server)
+        for task in tasks:
+            expect_digests(run, task)
         order = {id(task): i for i, task in enumerate(tasks)}
         collected: dict[int, list[Record]] = {}
+        digests: dict[str, str] = {}
 
         def on_reply(task: Task, reply: Payload) -> None:
-            audit_reply(server, task, reply)
+            digests.update(audit_reply(server, task, reply))  # noqa: B023 - within this iteration
             server.records = []
             stage.collect(server, task, reply)  # noqa: B023 - called within this iteration only
             collected[order[id(task)]] = server.records  # noqa: B023
             log(f"  {task.stage} {task.key}: {task.party} done at {time.monotonic() - t0:.1f} s")  # noqa: B023
 
-        session.dispatch(stage.name, tasks, on_reply)
+        try:
+            session.dispatch(stage.name, tasks, on_reply)
+        except TaskFailed as err:
+            audit_now(run, err.kind, stage=err.stage, party=err.party, key=err.key, reason=str(err))
+            raise
         server.records = [r for i in sorted(collected) for r in collected[i]]  # plan order, not reply order
         stage.finish(server)
         wall = time.monotonic() - t0
-        run.mark_stage(stage.name, status="done", wall_s=wall)
+        run.sync_audit()  # the stage's audit lines are on disk before the stage is marked done
+        run.mark_stage(stage.name, status="done", wall_s=wall, digests=digests)
         log(f"[bold]{stage.name}[/]: finished in {wall:.1f} s")
 
 
-def audit_reply(server: Server, task: Task, reply: Payload) -> None:
-    """What a reply says the party read, published and sealed: one audit line each."""
+def audit_now(run: RunDir, event_type: str, **fields: object) -> None:
+    """One audit line, fsynced at once: errors, timeouts, stops and resumes."""
+    run.audit({"t": round(time.time(), 3), "type": event_type, **fields}, sync=True)
+
+
+def expect_digests(run: RunDir, task: Task) -> None:
+    """Tell the party what its private files and the pool's shards must hash to (recorded when the
+    stages that wrote them finished), so that its node refuses a file altered or replaced since."""
+    mine = f"parties/{task.party}/"
+    expected = [
+        f"{where.removeprefix(mine) if where.startswith(mine) else where}={sha}"
+        for where, sha in sorted(run.digests().items())
+        if where.startswith((mine, "pool/"))
+    ]
+    if expected:
+        task.payload.config[EXPECTED] = expected
+
+
+def audit_reply(server: Server, task: Task, reply: Payload) -> dict[str, str]:
+    """What a reply says the party read, published, sealed and wrote: one audit line each.
+
+    Returns the digests to record when the stage is done: the party's private files as it reports them
+    (it never sends them), and each pool shard it published, checked against the pool's manifest.
+    """
+    digests: dict[str, str] = {}
     for read in reply.reads:
         server.audit("read", party=task.party, what=read.what, sha256=read.sha256, stage=task.stage)
+    wrote = reply.config.get(WROTE, [])
+    for entry in wrote if isinstance(wrote, list) else [wrote]:
+        where, _, sha = str(entry).partition("=")
+        if not _PARTY_FILE.fullmatch(where) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise RunFailed(f"stage {task.stage!r}: {task.party} reported a malformed write {entry!r}")
+        digests[f"parties/{task.party}/{where}"] = sha
     for pub in reply.publications:
-        if pub.place == "pool" and not pub.name.startswith(f"{task.party}/"):
-            raise RunFailed(f"stage {task.stage!r}: {task.party} published {pub.name!r} under another name")
+        if pub.place == "pool":
+            digests[f"pool/{pub.name}"] = check_shard(server, task, pub.name, pub.sha256)
         server.audit(
             f"{pub.place}.publish",
             sender=task.party,
@@ -102,6 +188,28 @@ def audit_reply(server: Server, task: Task, reply: Payload) -> None:
         server.audit(
             "sealed", sender=task.party, receiver=item.recipient, what=item.what, sha256=item.plaintext_sha256
         )
+    return digests
+
+
+def check_shard(server: Server, task: Task, name: str, sha256: str) -> str:
+    """A shard a party says it published: under its own name, in the pool's manifest with the digest it
+    reported. Returns the digest of the shard's file and labels together, for the run's manifest."""
+    owner, _, shard = name.partition("/")
+    if owner != task.party:
+        raise RunFailed(
+            f"stage {task.stage!r}: {task.party} published {name!r} under another party's name ({owner!r})"
+        )
+    try:
+        entry = next((e for e in Pool(server.run.pool_dir).shards(owner) if e.name == shard), None)
+    except (PoolError, ValueError) as err:
+        raise RunFailed(f"stage {task.stage!r}: the pool's manifest is unreadable: {err}") from err
+    if entry is None or entry.sha256 != sha256:
+        found = "is not in the pool's manifest" if entry is None else f"has sha256 {entry.sha256} there"
+        raise RunFailed(
+            f"stage {task.stage!r}: {task.party} reported publishing {name!r} (sha256 {sha256}),"
+            f" but it {found}"
+        )
+    return entry.content_sha256
 
 
 def get_engine(name: str) -> Engine:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from simulator import node, roles
-from simulator.engines import ENGINES, Log, OnReply, RunFailed, drive
+from simulator.engines import ENGINES, Log, OnReply, TaskFailed, check_stop, drive
 from simulator.protocol import Task, describe
 from simulator.rundir import RunDir
 
@@ -46,12 +46,17 @@ class InlineSession:
 
     def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
         for task in tasks:
+            check_stop()  # between tasks: the one under way finishes first
             self._audit(f"train.{stage}", SERVER, task.party, task.payload, key=task.key)
             try:
                 reply = node.handle(self.run.root, task.party, task)
             except Exception as err:
-                raise RunFailed(
-                    f"stage {stage!r}: node of {task.party} failed on {task.key}: {type(err).__name__}: {err}"
+                raise TaskFailed(
+                    f"stage {stage!r}: node of {task.party} failed on {task.key}:"
+                    f" {type(err).__name__}: {err}",
+                    stage=stage,
+                    party=task.party,
+                    key=task.key,
                 ) from err
             self._audit(f"train.{stage}", task.party, SERVER, reply, key=task.key)
             on_reply(task, reply)

@@ -56,4 +56,6 @@ def simulate(run: RunDir, log: Log, ray_address: str | None) -> None:
             backend_config=backend_config(scenario, ray_address, log),  # type: ignore[arg-type]
         )
     if failures:
+        if isinstance(failures[0], RunFailed):  # Stopped, TaskFailed: their type tells the launcher more
+            raise failures[0]
         raise RunFailed(str(failures[0])) from failures[0]

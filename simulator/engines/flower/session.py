@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.typing import ConfigRecordValues
 
 from simulator import roles
-from simulator.engines import OnReply, RunFailed
+from simulator.engines import OnReply, RunFailed, TaskFailed, check_stop
 from simulator.engines.flower import codec
 from simulator.engines.flower.grid import AuditedGrid
 from simulator.protocol import Task
@@ -39,6 +39,7 @@ class FlowerSession:
                 raise RunFailed(
                     f"only {len(list(self.grid.get_node_ids()))} of {len(parties)} nodes registered"
                 )
+            check_stop()
             time.sleep(0.2)
         header: dict[str, ConfigRecordValues] = {"run_dir": self.run_dir}
         msgs = [
@@ -87,22 +88,30 @@ class FlowerSession:
         for party in list(queues):
             send_next(party)
         while in_flight:
+            check_stop()  # a stop request ends the loop here; the replies collected so far are kept
             replies = list(self.grid.pull_messages(list(in_flight)))
             for reply in replies:
                 task, _ = in_flight.pop(reply.metadata.reply_to_message_id)
                 if reply.has_error():
-                    raise RunFailed(
+                    raise TaskFailed(
                         f"stage {stage!r}: node of {task.party} (id {self.nodes[task.party]}) failed"
-                        f" on {task.key}: {reason(reply)}"
+                        f" on {task.key}: {reason(reply)}",
+                        stage=stage,
+                        party=task.party,
+                        key=task.key,
                     )
                 on_reply(task, codec.decode(reply.content))
                 send_next(task.party)
             now = time.monotonic()
             for task, sent_at in in_flight.values():
                 if now - sent_at > self.timeout:
-                    raise RunFailed(
+                    raise TaskFailed(
                         f"stage {stage!r}: node of {task.party} (id {self.nodes[task.party]}) gave no reply"
-                        f" on {task.key} within {self.timeout:g} s"
+                        f" on {task.key} within {self.timeout:g} s",
+                        stage=stage,
+                        party=task.party,
+                        key=task.key,
+                        kind="timeout",
                     )
             if not replies:
                 time.sleep(POLL_SECONDS)

@@ -1,0 +1,56 @@
+"""Checks `veil run` makes before torch loads and before anything is trained: the output can take a run's
+files, and a run to resume still has the scenario it started with. No torch, no flwr."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from simulator.schema import Problem, ScenarioError
+
+MIN_FREE_MB = 200  # below this much free space (VEIL_MIN_FREE_MB) a run does not start
+
+
+def check_writable(where: Path, option: str) -> None:
+    """Raise ScenarioError when `where` cannot take a run's files: not writable, or its file system nearly
+    full. Creates `where` when it is missing; leaves nothing else behind."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".veil-probe-", dir=where)
+        try:
+            os.write(fd, b"veil")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise ScenarioError(
+            str(where), [Problem(option, f"cannot write here: {err.strerror or err}")]
+        ) from None
+    need = float(os.environ.get("VEIL_MIN_FREE_MB", MIN_FREE_MB))
+    free = shutil.disk_usage(where).free / 2**20
+    if free < need:
+        problem = Problem(
+            option,
+            f"only {free:.0f} MiB free on its file system; a run needs {need:g} MiB (VEIL_MIN_FREE_MB)",
+        )
+        raise ScenarioError(str(where), [problem])
+
+
+def check_scenario_unchanged(root: Path) -> None:
+    """Raise ScenarioError naming scenario.yaml when it differs from the digest the manifest recorded at
+    the run's start (a run from before digests were recorded has none: nothing to compare)."""
+    path = root / "scenario.yaml"
+    recorded = (json.loads((root / "manifest.json").read_bytes()).get("digests") or {}).get("scenario.yaml")
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if recorded is not None and actual != recorded:
+        problem = Problem(
+            "(file)",
+            f"changed since the run started (sha256 {actual}, the manifest recorded {recorded}); "
+            "a resumed run keeps the scenario it started with: start a new run for the new one",
+        )
+        raise ScenarioError(str(path), [problem])
