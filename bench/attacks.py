@@ -55,6 +55,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 
 def pool_rows(world: World, opts: dict[str, dict[str, Any]], out: Path | None) -> list[dict[str, Any]]:
+    print("\nattacks on the pool")
     rows = []
     nets = world.nets
     assert nets is not None
@@ -141,31 +142,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer epochs and steps")
     parser.add_argument("--out", type=Path, default=None, help="write PNG grids here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sampler", choices=["ctg", "empirical"], default="ctg", help="the published sampler"
+    )
+    parser.add_argument("--codes-only", action="store_true", help="skip the pool (no F, C, R, DPMs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.monotonic()
-    world = build_world(seed=args.seed)
+    world = build_world(seed=args.seed, sampler=args.sampler, pool=not args.codes_only)
     print(
         f"toy world built in {time.monotonic() - t0:.0f} s: "
         + ", ".join(f"{k} {v:.0f}" for k, v in world.timings.items())
     )
     opts = options(args.quick)
 
-    print("\nattacks on the pool")
-    rows = pool_rows(world, opts, args.out)
-    print(
-        f"\n{'attack':44s} {'victim':6s} {'features':11s} {'SSIM':>6s} {'PSNR':>6s} {'L1':>6s} "
-        f"{'ident%':>6s} {'reid':>6s} {'s':>5s}"
-    )
-    for r in rows:
+    rows = [] if args.codes_only else pool_rows(world, opts, args.out)
+    if rows:
         print(
-            f"{r['attack']:44s} {r['victim']:6s} {r['features']:11s} {fmt(r.get('ssim')):>6s} "
-            f"{fmt(r.get('psnr'), 2):>6s} {fmt(r.get('l1')):>6s} {fmt(r.get('identification_top1'), 1):>6s} "
-            f"{fmt(r.get('reid_rank1'), 2):>6s} {fmt(r.get('s'), 0):>5s}"
+            f"\n{'attack':44s} {'victim':6s} {'features':11s} {'SSIM':>6s} {'PSNR':>6s} {'L1':>6s} "
+            f"{'ident%':>6s} {'reid':>6s} {'s':>5s}"
         )
-    chance = {r["victim"]: r.get("reid_chance") for r in rows if "reid_chance" in r}
-    print("reid chance: " + ", ".join(f"{v} {fmt(c, 3)}" for v, c in chance.items()))
+        for r in rows:
+            print(
+                f"{r['attack']:44s} {r['victim']:6s} {r['features']:11s} {fmt(r.get('ssim')):>6s} "
+                f"{fmt(r.get('psnr'), 2):>6s} {fmt(r.get('l1')):>6s} "
+                f"{fmt(r.get('identification_top1'), 1):>6s} {fmt(r.get('reid_rank1'), 2):>6s} "
+                f"{fmt(r.get('s'), 0):>5s}"
+            )
+        chance = {r["victim"]: r.get("reid_chance") for r in rows if "reid_chance" in r}
+        print("reid chance: " + ", ".join(f"{v} {fmt(c, 3)}" for v, c in chance.items()))
 
     print(
         f"\nattacks on the ambiguated codes (sampler {world.sampler}; "

@@ -1,8 +1,9 @@
 """Attacks on the pool: reconstruct a victim's images from its shared (poisoned) features.
 
-Each attack returns reconstructions in the order of the victim's pooled features. Decoders an attack
-trains are cached on the attack instance, so that running one instance against several victims trains
-them once (they depend on the attacker's knowledge, not on the victim).
+Each attack returns reconstructions in the order of the victim's pooled features. Decoders that depend
+on the attacker's knowledge but not on the victim (reconstructor-family, surrogate-dpm) are cached on the
+attack instance, keyed on the knowledge objects they were trained from, so that one instance run against
+several victims trains them once; feature-alignment, which fits each victim's pool, trains every run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _nets(knowledge: Knowledge) -> tuple[nn.Module, nn.Module, nn.Module]:
     assert knowledge.featurizer is not None and knowledge.decider is not None
     assert knowledge.reconstructor is not None
     return knowledge.featurizer, knowledge.decider, knowledge.reconstructor
+
+
+def _key(knowledge: Knowledge, *names: str) -> tuple[int, ...]:
+    """Identifies the knowledge a cached decoder was trained from (the objects, while they live)."""
+    return tuple(id(getattr(knowledge, name)) for name in names)
 
 
 def _split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +126,8 @@ class ReconstructorFamily(Attack):
         seed: int = 0,
     ):
         self.variants, self.epochs, self.holdout, self.seed = variants, epochs, holdout, seed
-        self._decoders: dict[str, tuple[Decoder, float, float]] | None = None
+        self._decoders: dict[str, tuple[Decoder, float, float]] = {}
+        self._trained_on: tuple[int, ...] = ()
 
     def _train(self, knowledge: Knowledge) -> dict[str, tuple[Decoder, float, float]]:
         featurizer, _, _ = _nets(knowledge)
@@ -144,8 +151,9 @@ class ReconstructorFamily(Attack):
         return out
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
-        if self._decoders is None:
-            self._decoders = self._train(knowledge)
+        key = _key(knowledge, "featurizer", "public_images", "reconstructor_recipe")
+        if self._trained_on != key:
+            self._decoders, self._trained_on = self._train(knowledge), key
         pooled = _victim(knowledge, victim)
         variants = {
             name: AttackResult(
@@ -153,7 +161,7 @@ class ReconstructorFamily(Attack):
             )
             for name, (decoder, train_l1, val) in self._decoders.items()
         }
-        best = min(self._decoders, key=lambda n: self._decoders[n][2])  # type: ignore[index]
+        best = min(self._decoders, key=lambda n: self._decoders[n][2])
         records = {f"public_heldout_l1[{n}]": v.records["public_heldout_l1"] for n, v in variants.items()}
         records["chosen_variant"] = float(list(variants).index(best))
         return AttackResult(images=variants[best].images, records=records, variants=variants)
@@ -180,6 +188,13 @@ class SurrogateDPM(Attack):
     target = "pool"
     needs = frozenset({"pool", "shared_nets", "public_images", "recipe"})
     summary = "train surrogate DPMs with the published recipe on D_q, invert their poisoned features"
+    _knowledge_fields: tuple[str, ...] = (
+        "featurizer",
+        "public_images",
+        "dpm_recipe",
+        "dpm_shape",
+        "reconstructor_recipe",
+    )
 
     def __init__(
         self,
@@ -193,6 +208,7 @@ class SurrogateDPM(Attack):
         self.surrogates, self.epochs, self.output, self.seed = surrogates, epochs, output, seed
         self._decoder: Decoder | None = None
         self._records: dict[str, float] = {}
+        self._trained_on: tuple[int, ...] = ()
 
     def _images(self, knowledge: Knowledge) -> tuple[np.ndarray, np.ndarray | None]:
         """The attacker's own images and, when it has them, their labels."""
@@ -227,8 +243,10 @@ class SurrogateDPM(Attack):
         }
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
-        if self._decoder is None:
+        key = _key(knowledge, *self._knowledge_fields)
+        if self._decoder is None or self._trained_on != key:
             self._train(knowledge)
+            self._trained_on = key
         assert self._decoder is not None
         return AttackResult(
             images=decode(self._decoder, _victim(knowledge, victim)), records=dict(self._records)
@@ -241,6 +259,14 @@ class SurrogateDPMInsider(SurrogateDPM):
 
     needs = frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"})
     summary = "an insider inverts its own DPM (plus K-1 surrogates) trained on its own images"
+    _knowledge_fields = (
+        "featurizer",
+        "own_images",
+        "own_dpm",
+        "dpm_recipe",
+        "dpm_shape",
+        "reconstructor_recipe",
+    )
 
     def _images(self, knowledge: Knowledge) -> tuple[np.ndarray, np.ndarray | None]:
         assert knowledge.own_images is not None
@@ -301,7 +327,6 @@ class FeatureAlignment(Attack):
         self.blocks, self.width, self.lr, self.seed = blocks, width, lr, seed
         self.mmd_weight, self.class_weight = mmd_weight, class_weight
         self.label_weight, self.rec_weight = label_weight, rec_weight
-        self._trained: dict[str, tuple[Decoder, dict[str, float]]] = {}
 
     def _train(self, knowledge: Knowledge, victim: str) -> tuple[Decoder, dict[str, float]]:
         dev = device()
@@ -372,7 +397,7 @@ class FeatureAlignment(Attack):
                 dopt.zero_grad(set_to_none=True)
                 l1.backward()
                 dopt.step()
-                total, count = total + float(l1) * len(index), count + len(index)
+                total, count = total + float(l1.detach()) * len(index), count + len(index)
             total /= max(count, 1)
         last["decoder_l1"] = total
         with torch.no_grad():
@@ -382,9 +407,7 @@ class FeatureAlignment(Attack):
         return decoder.eval().cpu(), last
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
-        if victim not in self._trained:  # the alignment targets this victim's distribution
-            self._trained[victim] = self._train(knowledge, victim)
-        decoder, records = self._trained[victim]
+        decoder, records = self._train(knowledge, victim)  # aligned to this victim's pool: never reused
         return AttackResult(images=decode(decoder, _victim(knowledge, victim)), records=dict(records))
 
 
