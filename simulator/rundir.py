@@ -292,6 +292,31 @@ class RunDir:
         states: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
         return states
 
+    def keep(self, unit: str, arrays: dict[str, dict[str, Any]]) -> None:
+        """Arrays the server keeps between stages (an attacker's reconstructions, for the referee)."""
+        import io
+
+        import numpy as np
+
+        flat = {f"{name}::{key}": value for name, state in arrays.items() for key, value in state.items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)
+        write_atomic(self.root / "attacks" / f"{unit}.npz", buffer.getvalue())
+
+    def kept(self, unit: str) -> dict[str, dict[str, Any]] | None:
+        """What `keep` kept under `unit`, or None."""
+        import numpy as np
+
+        path = self.root / "attacks" / f"{unit}.npz"
+        if not path.is_file():
+            return None
+        out: dict[str, dict[str, Any]] = {}
+        with np.load(path) as data:
+            for flat in data.files:
+                name, key = flat.rsplit("::", 1)
+                out.setdefault(name, {})[key] = data[flat]
+        return out
+
     def keep_sealed(self, recipient: str, what: str, ciphertext: bytes) -> None:
         write_atomic(self.root / "relay" / f"{recipient}.{what}.sealed", ciphertext)
 

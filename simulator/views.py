@@ -162,3 +162,37 @@ class PartyView:
             Read(f"parties/{self.name}/{KEYS_DIR}/{KEY_FILE}", hashlib.sha256(data).hexdigest())
         )
         return data
+
+    # --- what an adversary's threat model adds (simulator.schema.Adversary) ---
+    def _adversary(self, knowledge: str) -> str:
+        """The party an adversary with `knowledge` is (`of`); Forbidden for any other party."""
+        spec = next((a for a in self.scenario.adversaries if a.name == self.name), None)
+        if self.party.role is not Role.ADVERSARY or spec is None or spec.knowledge != knowledge:
+            raise Forbidden(f"{self.name} ({self.party.role}) is no {knowledge}: it has no access to that")
+        assert spec.of is not None  # the schema requires it for insiders and curious users
+        return spec.of
+
+    def _read_as(self, of: str, *parts: str) -> bytes:
+        path = party_dir(self._root, of).joinpath(*parts)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; {of} has not written it")
+        data = path.read_bytes()
+        self.reads.append(Read(f"parties/{of}/{'/'.join(parts)}", hashlib.sha256(data).hexdigest()))
+        return data
+
+    def insider_file(self, name: str) -> bytes:
+        """A private file of the entity this insider is (its partition, its DPM); the read is recorded."""
+        if not _PLAIN_NAME.fullmatch(name):
+            raise Forbidden(f"{name!r} is not a plain file name")
+        return self._read_as(self._adversary("insider"), "private", name)
+
+    def curious_keys(self) -> tuple[str, bytes]:
+        """The key file of the user this curious user is, and that user's name; the read is recorded."""
+        of = self._adversary("curious-user")
+        return of, self._read_as(of, KEYS_DIR, KEY_FILE)
+
+    def write_figure(self, name: str, data: bytes) -> Path:
+        """A figure for the researcher (`figures/`): the referee's grids of truth beside attacks."""
+        if not _PLAIN_NAME.fullmatch(name):
+            raise Forbidden(f"{name!r} is not a plain file name")
+        return write_atomic(self._root / "figures" / name, data)

@@ -268,7 +268,16 @@ def _node_failure_resume(runs: Runs) -> BrokenResume:
 def _owner_only_run(runs: Runs) -> Path:
     """The smoke scenario's data owner and users alone: no entities, so the DPM stages are skipped."""
     data = yaml.safe_load(SMOKE.read_text())
-    for section in ("pretrain", "reconstructor", "entities", "dpm", "refine", "collaboration", "backbone"):
+    for section in (
+        "pretrain",
+        "reconstructor",
+        "entities",
+        "dpm",
+        "refine",
+        "collaboration",
+        "backbone",
+        "adversaries",
+    ):
         data.pop(section, None)
     data["name"] = "owner-only"
     path = runs.root / "owner-only.yaml"
@@ -276,8 +285,57 @@ def _owner_only_run(runs: Runs) -> Path:
     return _finished(runs.run("owner_only_run", [str(path), "--out", str(runs.root / "owner_only_run")]))
 
 
+# Every registered attack at smoke size, by three adversaries: an outsider, an insider who also knows pairs,
+# and a curious user. Options keep each attack's training to a few steps: this proves the plumbing and
+# that every attack yields finite scores, not how strong it is (scenarios/attacks.yaml does that).
+EVERY_ATTACK = [
+    {
+        "name": "eve",
+        "knowledge": "outsider",
+        "attacks": [
+            "shared-reconstructor",
+            {"name": "reconstructor-family", "options": {"epochs": 1}},
+            {"name": "surrogate-dpm", "options": {"epochs": 1}},
+            {"name": "feature-alignment", "options": {"steps": 10, "decoder_epochs": 1}},
+            "decode-as-published",
+            "random-guess",
+            "magnitude",
+            "usage-prior",
+            {"name": "support-detector", "options": {"steps": 20, "repeats": 1}},
+        ],
+    },
+    {
+        "name": "mallory",
+        "knowledge": "insider",
+        "of": "E3",
+        "known_pairs": 10,
+        "victims": ["E1"],
+        "attacks": [
+            {"name": "known-pairs", "options": {"ns": [5, 10], "epochs": 2}},
+            {"name": "surrogate-dpm-insider", "options": {"epochs": 1}},
+        ],
+    },
+    {
+        "name": "carol",
+        "knowledge": "curious-user",
+        "of": "alice",
+        "attacks": [{"name": "support-detector-curious", "options": {"steps": 20, "repeats": 1}}],
+    },
+]
+
+
+def _attacks_run(runs: Runs) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    data["name"] = "smoke-every-attack"
+    data["adversaries"] = EVERY_ATTACK
+    path = runs.root / "every-attack.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return _finished(runs.run("attacks_run", [str(path), "--out", str(runs.root / "attacks_run")]))
+
+
 JOBS: dict[str, Callable[[Runs], Any]] = {
     "smoke_run": _smoke_run,
+    "attacks_run": _attacks_run,
     "owner_only_run": _owner_only_run,
     "repeat_run": _repeat_run,
     "killed_run": _killed_run,
@@ -302,6 +360,12 @@ def veil_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def smoke_run(veil_runs: Runs) -> Path:
     """The run directory of one uninterrupted `veil run scenarios/smoke.yaml`. Read it, never change it."""
     return veil_runs.result("smoke_run")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def attacks_run(veil_runs: Runs) -> Path:
+    """A run of the smoke scenario with every attack (EVERY_ATTACK), Flower engine."""
+    return veil_runs.result("attacks_run")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entities import attacks as A
 from entities.attacks.scoring import save_grid, score_images, score_support
 from entities.data import to_float
 from entities.data_owner import owner_images
@@ -134,7 +133,7 @@ class Score(Stage):
                 view.write_figure(re.sub(r"[^A-Za-z0-9_.-]", "_", figure), grid)
             if "support" in arrays and supports is not None:
                 scores |= score_support(torch.from_numpy(arrays["support"]).bool()[keep], supports[keep])
-            scores["n_scored"] = float(int(keep.sum()))
+            scores["n"] = float(int(keep.sum()))
             line = label(adversary, attack, kind, variant)
             records += [
                 Record("attack", None, line, view.name if victim != CODES else CODES, m, float(v))
@@ -168,15 +167,16 @@ def verdict(scenario: Scenario, records: list[Record]) -> dict[str, tuple[str, s
     for (line, entity), m in by_label.items():
         if "unprotected" in line:
             continue
-        chance = 1 / min(A.scoring.GALLERY, max(m.get("n_scored", 1.0), 1.0))
+        chance = m.get("reid_chance", 1.0)
+        whose = "the data owner's" if entity == CODES else f"{entity}'s"
         if m.get("ssim", -1.0) > scenario.verdict.ssim:
             out[
-                f"BROKEN: {line} recovers {entity}'s images at SSIM {m['ssim']:.2f} "
+                f"BROKEN: {line} recovers {whose} images at SSIM {m['ssim']:.2f} "
                 f"(threshold {scenario.verdict.ssim:g})"
             ] = (line, entity, "ssim")
-        elif m.get("reidentification", 0.0) > scenario.verdict.reidentification * chance:
+        elif m.get("reid_rank1", 0.0) > scenario.verdict.reidentification * chance:
             out[
-                f"BROKEN: {line} re-identifies {entity}'s images at rank-1 {m['reidentification']:.2f} "
-                f"({m['reidentification'] / chance:.0f}x chance)"
-            ] = (line, entity, "reidentification")
+                f"BROKEN: {line} re-identifies {whose} images at rank-1 {m['reid_rank1']:.2f} "
+                f"({m['reid_rank1'] / chance:.0f}x chance)"
+            ] = (line, entity, "reid_rank1")
     return out
