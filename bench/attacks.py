@@ -60,10 +60,10 @@ def pool_rows(world: World, opts: dict[str, dict[str, Any]], out: Path | None) -
     nets = world.nets
     assert nets is not None
     for name in attack_names("pool"):
+        # one instance for every view and victim: decoders that depend only on the attacker's knowledge
+        # (public images, F, the recipes) are trained once
+        attack = make_attack(name, **opts.get(name, {}))
         for protected in (True, False):
-            attack = make_attack(
-                name, **opts.get(name, {})
-            )  # one instance per threat view, reused per victim
             for victim, v in world.victims.items():
                 own = next(n for n in world.victims if n != victim)  # the insider is the other entity
                 knowledge = world.knowledge(protected=protected, known_pairs=KNOWN_PAIRS, own=own)

@@ -266,7 +266,7 @@ class SupportDetector(Attack):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         net.eval()
         with torch.no_grad():
             train_logits = apply(lambda f: net(f.to(dev)).squeeze(1), normed, batch_size=8192)
