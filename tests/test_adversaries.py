@@ -57,7 +57,7 @@ def test_every_attack_runs_and_scores_finite(attacks_run: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # known pairs are not scored: the attacker knew them
     known = [
-        r for r in records if str(r["label"]).startswith("mallory: known-pairs") and r["metric"] == "n_scored"
+        r for r in records if str(r["label"]).startswith("mallory: known-pairs") and r["metric"] == "n"
     ]
     pooled = 2 * round(0.3 * 6 * 40)  # E1's pooled rows: 30% of 240 images, with their mirror images
     assert known and all(r["value"] == pooled - 10 for r in known)
