@@ -55,12 +55,12 @@ def test_every_attack_runs_and_scores_finite(attacks_run: Path) -> None:
     assert any("shared-reconstructor-E1-poisoned" in f for f in figures), figures
     for path in (attacks_run / "figures").glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # known pairs are not scored: the attacker knew them
-    known = [
-        r for r in records if str(r["label"]).startswith("mallory: known-pairs") and r["metric"] == "n"
-    ]
+    # known pairs are not scored: the attacker knew them (the main result used all 10, a variant N of them)
+    scored = {r["label"]: r["value"] for r in records if r["metric"] == "n" and r["entity"] == "E1"}
     pooled = 2 * round(0.3 * 6 * 40)  # E1's pooled rows: 30% of 240 images, with their mirror images
-    assert known and all(r["value"] == pooled - 10 for r in known)
+    assert scored["mallory: known-pairs on protected"] == pooled - 10
+    assert scored["mallory: known-pairs (N=5) on protected"] == pooled - 5
+    assert scored["eve: shared-reconstructor on protected"] == pooled
 
 
 def test_the_audit_shows_what_each_adversary_received(attacks_run: Path) -> None:
