@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,9 @@ def table5_bars(
                 if np.isnan(pi):
                     ax.text(xi + width / 2, 1, "n/a", ha="center", fontsize=7, color="#777")
         paper_rows = table.get("paper_row", pd.Series([None] * len(table)))
+        wrap = max(10, int(110 / max(len(table), 1)))  # characters per line: the labels must not overlap
         ticks = [
-            f"{int(r)}{'' if pd.isna(p) else f' (paper {int(p)})'}\n{label}"
+            f"{int(r)}{'' if pd.isna(p) else f' (paper {int(p)})'}\n{textwrap.fill(str(label), wrap)}"
             for r, p, label in zip(table["row"], paper_rows, table["label"], strict=True)
         ]
         ax.set_xticks(x, ticks, fontsize=7)
@@ -133,13 +135,24 @@ def training_plot(
     lines = list(dict.fromkeys(zip(curves["label"], curves["entity"], strict=True)))
     cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     positive = bool((curves["mean"] > 0).all())
+    single = set(curves["label"]) == {title}  # every line is the same net: name the parties only
     for i, (label, entity) in enumerate(lines):
         c = curves[(curves["label"] == label) & (curves["entity"] == entity)].sort_values("row")
         epochs = c["row"].to_numpy(dtype=float)
         mean = c["mean"].to_numpy(dtype=float)
-        name = entity if label == title else f"{label}, {entity}"
-        style = "o-" if len(c) <= 15 else "-"
-        ax.plot(epochs, mean, style, ms=3, lw=1.4, color=cmap(i % cmap.N), label=name)
+        name = entity if single else f"{label}, {entity}"
+        # a dash per line, so that lines which coincide (a row retraining the leader's net) stay visible
+        dash = ("-", "--", "-.", ":")[i % 4]
+        ax.plot(
+            epochs,
+            mean,
+            dash,
+            marker="o" if len(c) <= 15 else None,
+            ms=3,
+            lw=1.4,
+            color=cmap(i % cmap.N),
+            label=name,
+        )
         if n_runs > 1 and "sd" in c:
             sd = np.nan_to_num(c["sd"].to_numpy(dtype=float))
             low = mean - sd if not positive else np.maximum(mean - sd, mean * 0.05)
@@ -150,7 +163,7 @@ def training_plot(
         ax.set_ylabel("mean training loss per epoch (log scale)")
     else:
         ax.set_ylabel("mean training loss per epoch")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (a small training set gets more epochs: at least min_steps updates)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     spread = f"; mean ± SD over {n_runs} seeds" if n_runs > 1 else ""
     ax.set_title(f"Training loss: {title}{spread}", fontsize=10)

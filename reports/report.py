@@ -79,7 +79,7 @@ def _stat(s: pd.Series | None, n_runs: int) -> str:
     """A cell for display: the mean, with ± SD over the runs when there are several."""
     if s is None:
         return ""
-    if n_runs > 1 and int(s["n"]) > 1:
+    if n_runs > 1 and int(s["n"]) > 1 and s["sd"] != 0:  # the same in every run: no "± 0"
         return f"{fmt(s['mean'])} ± {fmt(s['sd'], 2)}"
     return fmt(s["mean"])
 
@@ -495,6 +495,20 @@ def warnings(sweep: Sweep, diffs: list[compare.Difference]) -> list[str]:
                 f"{label}: no JPEG quality reached the target rate, so its PSNR/SSIM are not at a matched "
                 "rate (even JPEG's lowest quality is above it)."
             )
+    diverged: dict[tuple[str, str], list[str]] = {}
+    for r in sweep.runs:
+        losses = r.records[r.records.table == "training"]
+        for (label, entity), c in losses.groupby(["label", "entity"], sort=False):
+            bad = c[~c.value.map(math.isfinite)]
+            if len(bad):
+                where = f"{r.path.name} epoch {bad.row.min()}"
+                diverged.setdefault((str(label), str(entity)), []).append(where)
+    for (label, entity), seen in diverged.items():
+        where = f" in {len(seen)} of {n} runs" if n > 1 else ""
+        out.append(
+            f"{label} of {entity} diverged{where}: its training loss is not a number from "
+            f"{'; '.join(seen[:3])} on. The net it trained, and what was measured on it, cannot be trusted."
+        )
     rows = sweep.runs[0].scenario.get("collaboration") or []
     inferred = [f"{i} ({row.get('label')})" for i, row in enumerate(rows, start=1) if row.get("inferred")]
     if inferred:
@@ -581,7 +595,8 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
 h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2.2rem;
        border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 p.caption { color: #555; font-size: .9rem; margin: .3rem 0 .6rem; }
-table { border-collapse: collapse; font-size: .85rem; margin: .4rem 0 1rem; }
+table { border-collapse: collapse; font-size: .85rem; margin: .4rem 0 1rem;
+       display: block; overflow-x: auto; max-width: 100%; }
 th, td { padding: .25rem .6rem; border-bottom: 1px solid #e5e5e5; text-align: right; white-space: nowrap; }
 th { background: #f3f5f8; font-weight: 600; } td.text, th.text { text-align: left; }
 td.paper, th.paper, tr.paper td { background: #fdf5e6; }

@@ -303,9 +303,14 @@ def run_sweep(
                 failures.append(f"{path.name}: {err}")
                 _log(f"[red]run {i} of {len(runs)} failed[/]: {path.name}: {err}")
                 continue
+            except BaseException:  # stopped (a signal, Ctrl-C): what finished is kept
+                again = f"veil run --resume {root}"
+                _log(f"[yellow]sweep stopped in run {i} of {len(runs)}[/]: `{again}` completes it")
+                raise
             _log(f"[bold]run {i} of {len(runs)}[/]: {path.name} done in {time.monotonic() - t0:.1f} s")
     finally:
         if shared is not None:
             shared.close()
+    (root / SWEEP_FILE).touch()  # the newest sweep is the one that finished last (bench --run latest)
     _log(f"sweep: {len(runs) - len(failures)} of {len(runs)} runs done in {time.monotonic() - t_sweep:.1f} s")
     return failures
