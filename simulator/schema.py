@@ -269,11 +269,6 @@ def _check_source(text: str) -> str:
 SourceText = Annotated[str, AfterValidator(_check_source)]  # checked item by item: errors name data[j]
 
 
-class PaperAccuracy(Strict):
-    top1: float = Field(ge=0, le=100)
-    top5: float = Field(ge=0, le=100)
-
-
 class Row(Strict):
     """A row of the collaboration table: one entity trains on one mix of data.
 
@@ -285,9 +280,6 @@ class Row(Strict):
     entity: str
     data: list[SourceText] = Field(min_length=1)
     inferred: bool = Field(False, description="the paper's label for this row was inferred")
-    paper: PaperAccuracy | None = Field(
-        None, description="the paper's figures for this row, shown beside ours"
-    )
 
     def sources(self) -> list[Source]:
         return [Source.parse(text, self.entity) for text in self.data]
