@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import stat
 import subprocess
@@ -38,8 +39,8 @@ SMOKE = ROOT / "scenarios" / "smoke.yaml"
 def records_without_timings(run_dir: Path) -> list[tuple[object, ...]]:
     frame = load_run(run_dir).records
     frame = frame[~frame.metric.str.endswith("_s")]
-    return sorted(
-        tuple(r)
+    return sorted(  # a NaN (a diverged training loss) as a string: NaN == NaN is false
+        (*r[:-1], "nan" if math.isnan(r[-1]) else r[-1])
         for r in frame[["table", "row", "label", "entity", "metric", "value"]].itertuples(index=False)
     )
 

@@ -1,0 +1,225 @@
+"""`veil run --seeds` and list-valued `--set`: sweep directories that reports/ reads; training curves.
+
+The runs use the inline engine (every party in this process, no Ray) on a tiny scenario cut from
+scenarios/smoke.yaml (no data owner, three table rows), so the sweeps take seconds per run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from simulator.cli import main
+from simulator.schema import ScenarioError, load_scenario
+from simulator.sweep import is_list_value, parse_seeds, split_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "scenarios" / "smoke.yaml"
+
+
+def tiny_scenario(path: Path) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    data["name"] = "tiny"
+    data.pop("data_owner")
+    data["collaboration"] = [data["collaboration"][i] for i in (0, 3, 4)]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def only_child(out: Path) -> Path:
+    (child,) = out.iterdir()
+    return child
+
+
+def records(run: Path, table: str | None = None) -> list[dict]:
+    out = []
+    for path in sorted((run / "results").glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in out if table is None or r["table"] == table]
+
+
+def partition_images(run: Path, party: str) -> np.ndarray:
+    with np.load(io.BytesIO((run / "parties" / party / "private" / "partition.npz").read_bytes())) as z:
+        return np.asarray(z["images"])
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("seed-sweep")
+    scenario = tiny_scenario(tmp / "tiny.yaml")
+    out = tmp / "runs"
+    assert main(["run", str(scenario), "--seeds", "0-2", "--engine", "inline", "--out", str(out)]) == 0
+    return only_child(out)
+
+
+@pytest.fixture(scope="module")
+def smoke_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("smoke-inline")
+    assert main(["run", str(SMOKE), "--engine", "inline", "--out", str(out)]) == 0
+    return only_child(out)
+
+
+# --- parsing, no runs ----------------------------------------------------------------------------------
+
+
+def test_seeds_ranges_and_lists() -> None:
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0,2,5") == [0, 2, 5]
+    assert parse_seeds("0-2,7,1") == [0, 1, 2, 7]
+    for bad in ("3-1", "a", "1,,2", "-1", "0-5000"):
+        with pytest.raises(ScenarioError):
+            parse_seeds(bad)
+
+
+def test_list_values_and_single_values() -> None:
+    assert is_list_value("0.5,1,2")
+    assert not is_list_value("[0.5, 1]") and not is_list_value('"a, b"') and not is_list_value("0.5")
+    fixed, listed = split_overrides(["dpm.lambda=0.5,1,2", "refine.lr=0.01", "x=[1, 2]"])
+    assert fixed == ["refine.lr=0.01", "x=[1, 2]"]
+    assert listed == ("dpm.lambda", ["0.5", "1", "2"])
+
+
+# --- refusals: exit 2, nothing written ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "dpm.lambda=0.5,1", "--set", "refine.lr=0.01,0.02"],  # two lists
+        ["--set", "dpm.lambda=0.5,-1"],  # an invalid value in the list
+        ["--set", "refine.epochs=1,zero"],  # not a number
+        ["--seeds", "0-1", "--set", "refine.lr=0.01,-5"],  # invalid with seeds too
+        ["--seeds", "2-1"],
+        ["--seeds", "0-1", "--set", "seed=3"],  # --seeds sets the seed
+        ["--set", "seed=0,1"],  # that is --seeds
+        ["--seeds", "0,99999999999"],  # out of the schema's seed range
+    ],
+)
+def test_refused_sweeps_write_nothing(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "runs"
+    assert main(["run", str(SMOKE), "--engine", "inline", "--out", str(out), *args]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert err.strip()
+
+
+def test_the_refusal_names_the_field_and_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs"
+    assert main(["run", str(SMOKE), "--out", str(out), "--set", "dpm.lambda=0.5,-1,-2"]) == 2
+    err = capsys.readouterr().err
+    assert "dpm.lambda=-1" in err and "dpm.lambda=-2" in err and "nothing written" in err
+    assert not out.exists()
+
+
+# --- a seed sweep ----------------------------------------------------------------------------------------
+
+
+def test_sweep_layout_and_sweep_json(seed_sweep: Path) -> None:
+    assert seed_sweep.name.startswith("tiny-sweep-")
+    spec = json.loads((seed_sweep / "sweep.json").read_text())
+    assert spec == {"scenario": "tiny", "runs": ["seed-0", "seed-1", "seed-2"], "varied": {"seed": [0, 1, 2]}}
+    assert sorted(p.name for p in seed_sweep.iterdir() if p.is_dir()) == ["seed-0", "seed-1", "seed-2"]
+    for i in range(3):
+        run = seed_sweep / f"seed-{i}"
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["seed"] == i
+        assert all(s["status"] == "done" for s in manifest["stages"].values())
+        scenario = load_scenario(run / "scenario.yaml")
+        assert (scenario.seed, scenario.dataset.seed) == (i, 0)  # the task pinned to the file's seed
+
+
+def test_seeds_share_the_task_and_differ_in_training(seed_sweep: Path) -> None:
+    runs = [seed_sweep / f"seed-{i}" for i in range(3)]
+    prepared = [(r / "results" / "prepare.jsonl").read_bytes() for r in runs]
+    assert prepared[0] == prepared[1] == prepared[2]
+    for party in ("E1", "E4"):  # the very same images in every run's partition
+        first = partition_images(runs[0], party)
+        assert all(np.array_equal(first, partition_images(r, party)) for r in runs[1:])
+    losses = [[r["value"] for r in records(run, "training") if r["label"] == "DPM"] for run in runs]
+    assert losses[0] != losses[1] and losses[1] != losses[2]
+
+
+def test_compare_and_report_read_the_sweep(seed_sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(seed_sweep)]) == 0
+    assert main(["report", str(seed_sweep), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    index = seed_sweep / "report" / "index.html"
+    assert f"report: {index}" in out
+    page = index.read_text()
+    assert "Training curves" in page and "training-dpm.png" in page
+    assert (seed_sweep / "report" / "training-dpm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_list_valued_set_sweeps_one_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tiny_scenario(tmp_path / "tiny.yaml")
+    out = tmp_path / "runs"
+    args = ["run", str(scenario), "--engine", "inline", "--out", str(out), "--report"]
+    assert main([*args, "--set", "refine.lr=0.01,0.05"]) == 0
+    root = only_child(out)
+    spec = json.loads((root / "sweep.json").read_text())
+    assert spec["runs"] == ["refine.lr-0.01", "refine.lr-0.05"]
+    assert spec["varied"] == {"refine.lr": [0.01, 0.05]}
+    for name, lr in zip(spec["runs"], (0.01, 0.05), strict=True):
+        scenario_run = load_scenario(root / name / "scenario.yaml")
+        assert scenario_run.refine is not None and scenario_run.refine.lr == lr
+        assert scenario_run.dataset.seed is None  # no --seeds: the file's own seeds, untouched
+    printed = capsys.readouterr().out
+    assert f"report: {root / 'report' / 'index.html'}" in printed
+    assert "Against refine.lr" in (root / "report" / "index.html").read_text()
+
+
+# --- training curves ------------------------------------------------------------------------------------
+
+
+# Found by these curves: in the smoke scenario, row 5 (E4 refines C on its 12 images' features and every
+# other entity's poisoned features, after one epoch of pre-training) diverges in its first epoch: its loss
+# is NaN and its top-1 is chance (1/6). The report warns about it. Fixing the divergence makes this test
+# fail on purpose: then empty this set.
+KNOWN_DIVERGED = {("C refined row 5", "E4")}
+
+
+def smoke_curves(run: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    curves: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for r in records(run, "training"):
+        assert r["metric"] == "loss"
+        curves.setdefault((r["label"], r["entity"]), []).append((r["row"], r["value"]))
+    return curves
+
+
+def test_every_net_of_the_smoke_scenario_has_a_training_curve(smoke_inline: Path) -> None:
+    scenario = load_scenario(SMOKE)
+    curves = smoke_curves(smoke_inline)
+    leader = scenario.leading_entity
+    expected = {("F+C", leader), ("R", leader)} | {("DPM", e.name) for e in scenario.entities}
+    for i, row in enumerate(scenario.collaboration, 1):
+        expected.add((f"F+C row {i}" if row.trains_from_raw else f"C refined row {i}", row.entity))
+    assert scenario.data_owner is not None
+    expected.add(("autoencoder", scenario.data_owner.name))
+    assert set(curves) == expected
+    for key, points in curves.items():
+        epochs = [e for e, _ in points]
+        assert epochs == list(range(1, len(points) + 1)), key
+    # the curves are their own result units: the stages' own result files hold no training records
+    for path in (smoke_inline / "results").glob("*.jsonl"):
+        tables = {json.loads(line)["table"] for line in path.read_text().splitlines() if line.strip()}
+        assert (tables == {"training"}) == path.name.startswith("training-"), path.name
+
+
+def test_training_losses_are_finite_and_a_diverged_net_is_warned_about(
+    smoke_inline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    curves = smoke_curves(smoke_inline)
+    diverged = {key for key, points in curves.items() if not all(math.isfinite(v) for _, v in points)}
+    assert diverged == KNOWN_DIVERGED
+    assert main(["report", str(smoke_inline), "--quiet"]) == 0
+    page = (smoke_inline / "report" / "index.html").read_text()
+    for label, entity in diverged:
+        assert f"{label} of {entity} diverged" in page
