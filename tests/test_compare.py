@@ -249,8 +249,18 @@ def test_runs_mixing_threads_cpu_kernels_cudnn_or_determinism_are_warned_about(
     root = make_sweep(tmp_path / "sweep")
     runs = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
     settings = [
-        {"torch_threads": 2, "cpu_capability": "AVX2", "cudnn_version": None, "deterministic_algorithms": False},
-        {"torch_threads": 4, "cpu_capability": "AVX512", "cudnn_version": 90100, "deterministic_algorithms": True},
+        {
+            "torch_threads": 2,
+            "cpu_capability": "AVX2",
+            "cudnn_version": None,
+            "deterministic_algorithms": False,
+        },
+        {
+            "torch_threads": 4,
+            "cpu_capability": "AVX512",
+            "cudnn_version": 90100,
+            "deterministic_algorithms": True,
+        },
     ]
     for run, extra in zip(runs, settings + [settings[0]] * (len(runs) - 2), strict=True):
         manifest = json.loads((run / "manifest.json").read_text())
