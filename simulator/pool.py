@@ -31,6 +31,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from entities.files import fsync_dir
+
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 MANIFEST_VERSION = 1
@@ -169,7 +171,7 @@ class Pool:
                             f"which already holds (owner {e.owner!r}, name {e.name!r}); pick another name"
                         )
                 os.replace(tmp, self.root / file)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
                 kept = [e for e in entries if (e.owner, e.name) != (owner, name)]
                 self._store([*kept, info])
         finally:
@@ -252,7 +254,7 @@ class Pool:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.manifest_path)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -366,11 +368,3 @@ def _digest(f: IO[bytes]) -> tuple[str, int]:
         h.update(chunk)
         size += len(chunk)
     return h.hexdigest(), size
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

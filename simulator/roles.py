@@ -15,6 +15,14 @@ class Role(StrEnum):
     ADVERSARY = "adversary"  # attacks what is shared, knowing what its threat model allows
 
 
+PLURAL = {
+    Role.ENTITY: "entities",
+    Role.DATA_OWNER: "data owner",
+    Role.AUTHORISED_USER: "authorised users",
+    Role.ADVERSARY: "adversaries",
+}
+
+
 @dataclass(frozen=True)
 class Party:
     name: str

@@ -9,7 +9,6 @@ from entities import data_owner as D
 from simulator import sealing
 from simulator.protocol import Payload, Record, Sealed, Task
 from simulator.roles import Role
-from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, register
 from simulator.stages.codes import KEYS, seal_context
 from simulator.views import PartyView
@@ -19,9 +18,6 @@ from simulator.views import PartyView
 class Access(Stage):
     name = "access"
     roles = frozenset({Role.AUTHORISED_USER})
-
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.data_owner is not None else "the scenario has no data owner"
 
     def plan(self, server: Server) -> list[Task]:
         tasks = []

@@ -99,9 +99,6 @@ class Attack(Stage):
     name = "attack"
     roles = frozenset({Role.ADVERSARY})
 
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.adversaries else "the scenario has no adversaries"
-
     def plan(self, server: Server) -> list[Task]:
         s = server.scenario
         nets = server.run.load_nets() if s.entities else {}

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from entities.registry import Registry
 from simulator.protocol import Payload, Record, Task
-from simulator.roles import Party, Role
+from simulator.roles import PLURAL, Party, Role, parties
 from simulator.rundir import RunDir
 from simulator.schema import Scenario
 from simulator.views import PartyView
@@ -54,8 +54,10 @@ class Stage:
     roles: ClassVar[frozenset[Role]] = frozenset()  # who may be sent this stage's tasks
 
     def absent(self, scenario: Scenario) -> str:
-        """Why this stage has no work in `scenario` ("" when it has)."""
-        return ""
+        """Why this stage has no work in `scenario` ("" when it has): by default, no party of its roles."""
+        if any(p.role in self.roles for p in parties(scenario)):
+            return ""
+        return f"the scenario has no {' or '.join(sorted(PLURAL[r] for r in self.roles))}"
 
     def plan(self, server: Server) -> list[Task]:
         raise NotImplementedError

@@ -13,7 +13,6 @@ from entities.training import recording
 from simulator import sealing
 from simulator.protocol import ConfigValue, Payload, Publication, Record, Sealed, Task
 from simulator.roles import Role
-from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.views import PartyView
 
@@ -29,9 +28,6 @@ def seal_context(owner: str, user: str) -> bytes:
 class Codes(Stage):
     name = "codes"
     roles = frozenset({Role.DATA_OWNER})
-
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.data_owner is not None else "the scenario has no data owner"
 
     def plan(self, server: Server) -> list[Task]:
         users = server.of_role(Role.AUTHORISED_USER)

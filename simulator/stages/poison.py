@@ -38,9 +38,6 @@ class Poison(Stage):
     name = "poison"
     roles = frozenset({Role.ENTITY})
 
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.entities else "the scenario has no entities"
-
     def plan(self, server: Server) -> list[Task]:
         # Original (unprotected) features are published only for the table's reference rows, and for the
         # attacks' counterfactual: the same entity without a DPM, to show what the protection buys.

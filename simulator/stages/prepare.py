@@ -10,7 +10,6 @@ from entities.data import partition
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
-from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, register
 from simulator.views import PartyView
 
@@ -28,9 +27,6 @@ def own_partition(view: PartyView) -> tuple[np.ndarray, np.ndarray]:
 class Prepare(Stage):
     name = "prepare"
     roles = frozenset({Role.ENTITY})
-
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.entities else "the scenario has no entities"
 
     def plan(self, server: Server) -> list[Task]:
         return [Task(self.name, p) for p in server.of_role(Role.ENTITY)]

@@ -31,9 +31,6 @@ class Pretrain(Stage):
     name = "pretrain"
     roles = frozenset({Role.ENTITY})
 
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.entities else "the scenario has no entities"
-
     def plan(self, server: Server) -> list[Task]:
         return [Task(self.name, server.scenario.leading_entity)]
 

@@ -13,7 +13,7 @@ from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
-from simulator.schema import Row, Scenario, Source
+from simulator.schema import Row, Source
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
 from simulator.stages.poison import mirrored
 from simulator.stages.prepare import own_partition
@@ -58,9 +58,6 @@ def row_unit(index: int) -> str:
 class Refine(Stage):
     name = "refine"
     roles = frozenset({Role.ENTITY})
-
-    def absent(self, scenario: Scenario) -> str:
-        return "" if scenario.entities else "the scenario has no entities"
 
     def plan(self, server: Server) -> list[Task]:
         nets = server.run.load_nets()
