@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)  ## the main job on the built-in data: the Table 5 collaboration
-	$(BIN)/veil run scenarios/collab-10-1.yaml
+demo: $(STAMP)  ## every role at small scale, with its report (a few minutes); prints where the report is
+	$(BIN)/veil run scenarios/quickstart.yaml --report
+
+table5: $(STAMP)  ## the paper's Table 5 on the built-in photos: five training seeds, the report, the checks
+	$(BIN)/veil run scenarios/collab-10-1.yaml --seeds 0-4 --report
 	$(BIN)/python bench/paper_shape.py --run latest
 
 smoke: $(STAMP)
@@ -24,4 +27,4 @@ test: $(STAMP)  ## the default test tier (under 15 minutes on 2 cores)
 	$(BIN)/mypy simulator entities reports
 	$(BIN)/python -m pytest -q
 
-.PHONY: install demo smoke test
+.PHONY: install demo table5 smoke test
