@@ -37,9 +37,9 @@ OWN_KEYS = 20
 def options(quick: bool) -> dict[str, dict[str, Any]]:
     if quick:
         return {
-            "reconstructor-family": {"epochs": 5},
-            "surrogate-dpm": {"epochs": 5},
-            "surrogate-dpm-insider": {"epochs": 5},
+            "reconstructor-family": {"epochs": 5, "min_steps": 150},
+            "surrogate-dpm": {"epochs": 5, "min_steps": 150},
+            "surrogate-dpm-insider": {"epochs": 5, "min_steps": 150},
             "feature-alignment": {"steps": 100, "decoder_epochs": 10},
             "known-pairs": {"ns": [10, 30, KNOWN_PAIRS], "epochs": 5, "min_steps": 150},
             "support-detector": {"steps": 300},
@@ -83,7 +83,7 @@ def pool_rows(world: World, opts: dict[str, dict[str, Any]], out: Path | None) -
                             "features": features,
                             "s": float("nan"),
                             **{
-                                m.split("/", 1)[1]: x
+                                m[len(variant) + 1 :]: x
                                 for m, x in scores.items()
                                 if m.startswith(variant + "/")
                             },
@@ -117,7 +117,7 @@ def code_rows(world: World, opts: dict[str, dict[str, Any]], out: Path | None) -
                 {
                     "attack": f"  {name} [{variant}]",
                     "s": float("nan"),
-                    **{m.split("/", 1)[1]: x for m, x in scores.items() if m.startswith(variant + "/")},
+                    **{m[len(variant) + 1 :]: x for m, x in scores.items() if m.startswith(variant + "/")},
                 }
             )
         if out is not None and result.images is not None:

@@ -46,9 +46,9 @@ CODE_ATTACKS = {
 }
 # cheap options for the "every attack runs" tests
 CHEAP: dict[str, dict[str, Any]] = {
-    "reconstructor-family": {"variants": ["paper R", "residual", "x4 upscale"], "epochs": 2},
-    "surrogate-dpm": {"epochs": 2, "surrogates": 2},
-    "surrogate-dpm-insider": {"epochs": 2},
+    "reconstructor-family": {"variants": ["paper R", "residual", "x4 upscale"], "epochs": 2, "min_steps": 20},
+    "surrogate-dpm": {"epochs": 2, "min_steps": 20, "surrogates": 2},
+    "surrogate-dpm-insider": {"epochs": 2, "min_steps": 20},
     "feature-alignment": {"steps": 20, "decoder_epochs": 2},
     "known-pairs": {"ns": [4, 16], "epochs": 2, "min_steps": 10},
     "support-detector": {"steps": 100},

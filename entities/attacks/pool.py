@@ -61,18 +61,18 @@ def _recipe_shape(rec: Any, output: str | None = None) -> Shape:
     return Shape(width=rec.width, blocks_per_upscale=rec.blocks_per_upscale, output=output or rec.output)
 
 
-def _training(rec: Any, epochs: int | None) -> Any:
-    """The published reconstructor training recipe, with the epochs overridden when given."""
+def _training(rec: Any, epochs: int | None, min_steps: int | None = None) -> Any:
+    """The published reconstructor training recipe, with epochs and min_steps overridden when given."""
     t = rec.training
-    if epochs is None:
+    if epochs is None and min_steps is None:
         return t
     return SimpleNamespace(
-        epochs=epochs,
+        epochs=t.epochs if epochs is None else epochs,
         lr=t.lr,
         batch_size=t.batch_size,
         weight_decay=t.weight_decay,
         optimizer=t.optimizer,
-        min_steps=getattr(t, "min_steps", 0),
+        min_steps=getattr(t, "min_steps", 0) if min_steps is None else min_steps,
     )
 
 
@@ -102,8 +102,8 @@ def paper_variants(width: int, output: str) -> dict[str, Shape]:
     return {
         "paper R": base,
         "residual": Shape(width=width, residual=True, output=output),
-        "1 block/upscale": Shape(width=width, blocks_per_upscale=1, output=output),
-        "3 blocks/upscale": Shape(width=width, blocks_per_upscale=3, output=output),
+        "1 block per upscale": Shape(width=width, blocks_per_upscale=1, output=output),
+        "3 blocks per upscale": Shape(width=width, blocks_per_upscale=3, output=output),
         "x4 upscale": Shape(width=width, upscale=4, output=output),
         other: Shape(width=width, output=other),
     }
@@ -122,10 +122,12 @@ class ReconstructorFamily(Attack):
         self,
         variants: list[str] | None = None,
         epochs: int | None = None,
+        min_steps: int | None = None,
         holdout: float = 0.1,
         seed: int = 0,
     ):
         self.variants, self.epochs, self.holdout, self.seed = variants, epochs, holdout, seed
+        self.min_steps = min_steps
         self._decoders: dict[str, tuple[Decoder, float, float]] = {}
         self._trained_on: tuple[int, ...] = ()
 
@@ -144,7 +146,11 @@ class ReconstructorFamily(Attack):
         out = {}
         for i, name in enumerate(chosen):
             decoder, history = train_decoder(
-                feats[train], x[train], shapes[name], _training(rec, self.epochs), seed=self.seed + i
+                feats[train],
+                x[train],
+                shapes[name],
+                _training(rec, self.epochs, self.min_steps),
+                seed=self.seed + i,
             )
             val = heldout_l1(decoder, feats[held], x[held]) if len(held) else history[-1]
             out[name] = (decoder, history[-1], val)
@@ -200,9 +206,11 @@ class SurrogateDPM(Attack):
         self,
         surrogates: int = 1,
         epochs: int | None = None,
+        min_steps: int | None = None,
         output: str | None = None,
         seed: int = 0,
     ):
+        self.min_steps = min_steps
         if surrogates < 1:
             raise ValueError(f"surrogates must be at least 1, got {surrogates}")
         self.surrogates, self.epochs, self.output, self.seed = surrogates, epochs, output, seed
@@ -234,7 +242,11 @@ class SurrogateDPM(Attack):
         targets = x.repeat(len(dpms), 1, 1, 1)
         rec = knowledge.reconstructor_recipe
         self._decoder, history = train_decoder(
-            feats, targets, _recipe_shape(rec, self.output), _training(rec, self.epochs), seed=self.seed
+            feats,
+            targets,
+            _recipe_shape(rec, self.output),
+            _training(rec, self.epochs, self.min_steps),
+            seed=self.seed,
         )
         self._records = {
             "surrogates": float(len(dpms)),
