@@ -254,13 +254,6 @@ class RunDir:
     def has_results(self, unit: str) -> bool:
         return (self.results_dir / f"{unit}.jsonl").is_file()
 
-    def results(self) -> list[dict[str, Any]]:
-        out = []
-        for path in sorted(self.results_dir.glob("*.jsonl")):
-            out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return out
-
-    # --- what the server keeps between stages ---
     def save_nets(self, states: dict[str, Any]) -> None:
         """F, C, R (torch state dicts) as the leader shared them."""
         import io

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from reports.runs import read_records
 from simulator.schema import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,17 @@ def session_members(sid: int) -> list[int]:
         if int(session) == sid and state != "Z":
             pids.append(int(stat.parent.name))
     return pids
+
+
+def result_records(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's result records as plain dicts, through the one reader of run results (reports.runs)."""
+    return [
+        {**r, "row": None if r["row"] is None or r["row"] != r["row"] else int(r["row"])}
+        for r in read_records(run_dir)
+        .astype(object)
+        .where(read_records(run_dir).notna(), None)
+        .to_dict("records")
+    ]
 
 
 class Veil:

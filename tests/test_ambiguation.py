@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import result_records
 
 from entities import data_owner as D
 from entities import keys as K
@@ -57,7 +58,7 @@ def owner_of(scenario: Scenario) -> DataOwner:
 
 
 def records(run_dir: Path, table: str) -> dict[tuple[str, str], float]:
-    return {(r["label"], r["metric"]): r["value"] for r in RunDir(run_dir).results() if r["table"] == table}
+    return {(r["label"], r["metric"]): r["value"] for r in result_records(run_dir) if r["table"] == table}
 
 
 def mode(path: Path) -> int:

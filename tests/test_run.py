@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import BROKEN_PARTY, CORRUPT_SHARD, EARLIER_STAGES, BrokenResume, KilledRun
+from conftest import BROKEN_PARTY, CORRUPT_SHARD, EARLIER_STAGES, BrokenResume, KilledRun, result_records
 
 from simulator.pool import CorruptShard, Pool
 from simulator.roles import parties as all_parties
@@ -30,7 +30,7 @@ FILE_EVENTS = {"pool.publish", "public.publish", "sealed", "read"}
 
 def metrics(run_dir: Path) -> dict[Key, float]:
     """Every result record but wall times (metrics named *_s), by (table, row, label, entity, metric)."""
-    records = [r for r in RunDir(run_dir).results() if not r["metric"].endswith("_s")]
+    records = [r for r in result_records(run_dir) if not r["metric"].endswith("_s")]
     out = {(r["table"], r["row"], r["label"], r["entity"], r["metric"]): r["value"] for r in records}
     assert len(out) == len(records), "two records share one (table, row, label, entity, metric)"
     return out
@@ -72,7 +72,7 @@ def test_smoke_end_to_end(smoke_run: Path) -> None:
         assert stages[stage]["status"] == "done", stage
         assert isinstance(stages[stage]["wall_s"], float) and stages[stage]["wall_s"] >= 0, stage
 
-    records = run.results()
+    records = result_records(smoke_run)
     assert {r["table"] for r in records} >= {"partitions", "pretrain", "table1", "table2", "table5"}
     n_train = {r["entity"]: r["value"] for r in records if r["table"] == "partitions"}
     assert set(n_train) == set(parties) and all(n > 0 for n in n_train.values())
