@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from entities import threats
+
 Target = Literal["pool", "codes"]
 TARGETS: tuple[str, ...] = ("pool", "codes")
 
@@ -157,8 +159,9 @@ class AttackResult:
 
 
 class Attack(ABC):
-    """One attack. Subclasses set `target`, `needs` and `summary`, take their options in the constructor,
-    and implement `attack(knowledge, victim)`, which sees only the knowledge it needs."""
+    """One attack. Registered by name (its target, needs and summary come from entities.threats), it takes
+    its options in the constructor and implements `attack(knowledge, victim)`, which sees only the
+    knowledge it needs."""
 
     name: ClassVar[str] = ""
     target: ClassVar[Target]
@@ -191,17 +194,17 @@ A = TypeVar("A", bound=type[Attack])
 
 
 def register_attack(name: str) -> Callable[[A], A]:
-    """Class decorator: register an Attack subclass under `name`."""
+    """Class decorator: register an Attack subclass under `name`; its target, needs and summary come from
+    the torch-free catalogue entities.threats.ATTACKS (so that the schema can check them at validation)."""
 
     def decorator(cls: A) -> A:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} is registered twice")
-        if getattr(cls, "target", None) not in TARGETS:
-            raise ValueError(f"attack {name!r}: target must be one of {TARGETS}")
-        check_needs(cls.needs)
-        if not cls.summary:
-            raise ValueError(f"attack {name!r} needs a one-line summary")
-        cls.name = name
+        entry = threats.ATTACKS.get(name)
+        if entry is None:
+            raise ValueError(f"attack {name!r} is not in entities.threats.ATTACKS, which says what it needs")
+        check_needs(entry.needs)
+        cls.name, cls.target, cls.needs, cls.summary = name, entry.target, entry.needs, entry.summary  # type: ignore[assignment]
         ATTACKS[name] = cls
         return cls
 

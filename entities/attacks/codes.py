@@ -53,16 +53,9 @@ def _result(knowledge: Knowledge, support: torch.Tensor, **records: float) -> At
     return AttackResult(images=_decode(model, codes * support), support=support, records=dict(records))
 
 
-_CODES = frozenset({"codes", "public_network"})
-
-
 @register_attack("decode-as-published")
 class DecodeAsPublished(Attack):
     """Decode the ambiguated codes as they are, fakes included (the paper's 'ambiguated' row)."""
-
-    target = "codes"
-    needs = _CODES
-    summary = "decode the published codes with all k' non-zeros, fakes included"
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
         codes, _, _, _ = _published(knowledge)
@@ -72,10 +65,6 @@ class DecodeAsPublished(Attack):
 @register_attack("random-guess")
 class RandomGuess(Attack):
     """Keep k of each map's k' non-zeros at random (the public code's only attack)."""
-
-    target = "codes"
-    needs = _CODES
-    summary = "k of each map's k' non-zeros chosen at random"
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -92,10 +81,6 @@ class RandomGuess(Attack):
 class Magnitude(Attack):
     """Keep the k smallest magnitudes (breaks a sampler whose fakes are too large, as the public code's)
     and, as a variant, the k largest (breaks one whose fakes are too small). `end` picks the main result."""
-
-    target = "codes"
-    needs = _CODES
-    summary = "the k smallest (and, as a variant, the k largest) magnitudes of each map"
 
     def __init__(self, end: str = "smallest"):
         if end not in ("smallest", "largest"):
@@ -122,10 +107,6 @@ def position_usage(model: Any, images: torch.Tensor, k: int) -> torch.Tensor:
 class UsagePrior(Attack):
     """Keep each map's k non-zeros at the positions the public network uses most on the attacker's images:
     fakes go to uniformly random zero positions, a trained network's true supports do not."""
-
-    target = "codes"
-    needs = _CODES | {"public_images"}
-    summary = "the k non-zeros at positions the public network uses most on D_q"
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
         codes, model, k, _ = _published(knowledge)
@@ -197,10 +178,6 @@ class SupportDetector(Attack):
     images (D_q) with the public network, ambiguates them with the published sampler (lambda and sigma
     estimated from its own codes), and learns from each entry's value and its code map. Applied to the
     published codes, it keeps each map's k highest-scoring non-zeros."""
-
-    target = "codes"
-    needs = _CODES | {"public_images"}
-    summary = "an MLP of true vs fake non-zeros, trained on D_q codes the attacker ambiguates itself"
 
     def __init__(
         self, repeats: int = 4, steps: int = 400, hidden: int = 64, batch_size: int = 1024, seed: int = 0
@@ -295,9 +272,6 @@ class SupportDetector(Attack):
 class CuriousSupportDetector(SupportDetector):
     """The curious user's support detector: also trained on its own keys (published codes with their true
     supports), which come from the published sampler itself."""
-
-    needs = _CODES | {"public_images", "own_keys"}
-    summary = "support-detector also trained on the curious user's own keys"
 
     def __init__(self, key_repeats: int = 4, **options: Any):
         super().__init__(**options)

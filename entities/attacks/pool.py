@@ -83,10 +83,6 @@ def _training(rec: Any, epochs: int | None, min_steps: int | None = None) -> Any
 class SharedReconstructor(Attack):
     """The paper's test: the shared R, trained on unpoisoned public features, applied to the pool."""
 
-    target = "pool"
-    needs = frozenset({"pool", "shared_nets"})
-    summary = "the shared reconstructor R applied to the victim's pooled features (the paper's test)"
-
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
         _, _, recon = _nets(knowledge)
         return AttackResult(images=decode(recon, _victim(knowledge, victim)))
@@ -113,10 +109,6 @@ def paper_variants(width: int, output: str) -> dict[str, Shape]:
 class ReconstructorFamily(Attack):
     """Reconstructors of several shapes trained on F(D_q); the result is the variant with the lowest
     held-out public L1 (what the attacker can judge), and every variant is reported."""
-
-    target = "pool"
-    needs = frozenset({"pool", "shared_nets", "public_images", "recipe"})
-    summary = "section 4.2.2's reconstructor shapes trained on original public features"
 
     def __init__(
         self,
@@ -191,9 +183,6 @@ class SurrogateDPM(Attack):
     """The attacker trains K DPMs of its own with the published recipe (different seeds) on the images it
     has, then one reconstructor on (its poisoned features, its images), applied to the victim's pool."""
 
-    target = "pool"
-    needs = frozenset({"pool", "shared_nets", "public_images", "recipe"})
-    summary = "train surrogate DPMs with the published recipe on D_q, invert their poisoned features"
     _knowledge_fields: tuple[str, ...] = (
         "featurizer",
         "public_images",
@@ -269,8 +258,6 @@ class SurrogateDPM(Attack):
 class SurrogateDPMInsider(SurrogateDPM):
     """An insider's surrogate-dpm: its own DPM is the first surrogate and its own images the training set."""
 
-    needs = frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"})
-    summary = "an insider inverts its own DPM (plus K-1 surrogates) trained on its own images"
     _knowledge_fields = (
         "featurizer",
         "own_images",
@@ -316,10 +303,6 @@ class FeatureAlignment(Attack):
     kernel MMD, class-conditional MMD with C's predictions against the pooled labels, and C's predicted
     class mix matching the pool's), trained jointly with a decoder G(F(x)) -> x on public images that
     keeps G invertible; the decoder is then refined on the fixed G(F(x)) and applied to the pool."""
-
-    target = "pool"
-    needs = frozenset({"pool", "shared_nets", "public_images"})
-    summary = "FORA-style: map F(D_q) onto the pool's distribution (MMD + C's labels), invert through it"
 
     def __init__(
         self,
@@ -430,10 +413,6 @@ class FeatureAlignment(Attack):
 class KnownPairsAttack(Attack):
     """A decoder trained on N known (image, shared feature) pairs of the victim, for each N of `ns`
     (capped at what is known); the result is the largest N, every N a variant."""
-
-    target = "pool"
-    needs = frozenset({"pool", "known_pairs"})
-    summary = "a decoder trained on N known (image, pooled feature) pairs of the victim"
 
     def __init__(
         self,
