@@ -180,8 +180,16 @@ class SupportDetector(Attack):
     published codes, it keeps each map's k highest-scoring non-zeros."""
 
     def __init__(
-        self, repeats: int = 4, steps: int = 400, hidden: int = 64, batch_size: int = 1024, seed: int = 0
+        self,
+        repeats: int = 4,
+        steps: int = 400,
+        hidden: int = 64,
+        batch_size: int = 1024,
+        seed: int = 0,
+        images: int | None = None,
     ):
+        """images: how many of its public images the attacker encodes (all when None); each entry of their
+        ambiguated codes is a training example, so memory grows with images x repeats x L x k'."""
         self.repeats, self.steps, self.hidden, self.batch_size, self.seed = (
             repeats,
             steps,
@@ -189,6 +197,7 @@ class SupportDetector(Attack):
             batch_size,
             seed,
         )
+        self.images = images
 
     def _training_codes(
         self, knowledge: Knowledge, priors: Priors, own: torch.Tensor
@@ -214,7 +223,11 @@ class SupportDetector(Attack):
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
         codes, model, k, _ = _published(knowledge)
         assert knowledge.public_images is not None
-        own = _encode(model, as_float(knowledge.public_images), k)
+        public = as_float(knowledge.public_images)
+        if self.images is not None and self.images < len(public):
+            pick = torch.randperm(len(public), generator=torch.Generator().manual_seed(self.seed))
+            public = public[pick[: self.images]]
+        own = _encode(model, public, k)
         priors = Priors(own, k)
         amb, truth = self._training_codes(knowledge, priors, own)
         extra = self._extra(knowledge)
