@@ -21,7 +21,7 @@ from simulator import cache
 from simulator.protocol import ConfigValue, Payload, Record, StateDict, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
-from simulator.stages.attack import CODES, KINDS, MAIN, adversary_spec, unit
+from simulator.stages.attack import CODES, KINDS, MAIN, unit
 from simulator.stages.base import Server, Stage, register
 from simulator.stages.leak import pooled_truth
 from simulator.views import PartyView
@@ -151,7 +151,6 @@ class Score(Stage):
             Record("verdict", None, line, entity, "broken", 1.0) for line, entity, _ in verdicts.values()
         ]
         server.run.write_results(result_unit(adversary, attack, victim), records)
-        adversary_spec(server.scenario, adversary)  # the adversary exists (it did the work)
 
     def finish(self, server: Server) -> None:
         """Each (attack, victim) is written as it is scored (collect)."""
