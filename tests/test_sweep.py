@@ -28,6 +28,7 @@ def tiny_scenario(path: Path) -> Path:
     data = yaml.safe_load(SMOKE.read_text())
     data["name"] = "tiny"
     data.pop("data_owner")
+    data.pop("adversaries")
     data["collaboration"] = [data["collaboration"][i] for i in (0, 3, 4)]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
