@@ -128,7 +128,7 @@ class Interrupted:
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory: pytest.TempPathFactory, smoke: Path) -> Interrupted:
     """The smoke scenario through Flower under umask 000: SIGINT (to its whole process group, as a
-    terminal's Ctrl-C) once refine wrote a row, then `--resume` (Flower again, umask 000)."""
+    terminal's Ctrl-C) once refine wrote a row, then `--resume` (inline, umask 000)."""
     out = tmp_path_factory.mktemp("interrupted")
     veil = UmaskVeil([str(smoke), "--out", str(out / "runs")], out / "run.log")
     try:
@@ -146,7 +146,8 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, smoke: Path) -> Interr
     at_stop = {p.name: p.read_bytes() for p in run_dir.glob("results/refine-row*.jsonl")}
     modes = private_modes(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    resumed = UmaskVeil(["--resume", str(run_dir)], out / "resume.log")
+    # resumed with the inline engine (a Flower resume after a kill: test_run.py)
+    resumed = UmaskVeil(["--resume", str(run_dir), "--engine", "inline"], out / "resume.log")
     resumed_rc = resumed.wait()
     return Interrupted(
         run_dir, rc, veil.output, stop_s, leftovers, modes, manifest, at_stop, resumed_rc, resumed.output
