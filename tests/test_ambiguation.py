@@ -239,7 +239,8 @@ def test_audit_shows_keys_crossed_only_sealed(smoke_run: Path) -> None:
             assert not re.search("key|support|code", name, re.IGNORECASE), event
             if record["kind"] == "config" and event["type"] in owner_stages:
                 # which stage and party, and the users' public keys to seal to: nothing else
-                allowed = {"run_dir", "stage", "party", "key", "users", "public_keys", "expected"}
+                # (and the digests of files a party wrote or expects: never their content)
+                allowed = {"run_dir", "stage", "party", "key", "users", "public_keys", "expected", "wrote"}
                 assert set(record["keys"]) <= allowed, event
             if record["kind"] == "sealed":  # keys travel sealed: from the owner, to their user
                 assert (event["type"], event["sender"]) in {

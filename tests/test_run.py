@@ -153,7 +153,8 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
     run = RunDir(smoke_run)
     scenario = run.scenario()
     entities = {e.name for e in scenario.entities}
-    parties = {p.name for p in all_parties(scenario)}  # the data owner and its users too
+    parties = {p.name for p in all_parties(scenario)}  # the data owner, its users, the adversaries too
+    adversaries = {a.name for a in scenario.adversaries}
     assert isinstance(scenario.dataset, PhotosDataset)
     patch = scenario.dataset.patch
     dpm = torch.load(run.private_dir("E1") / "dpm.pt", weights_only=True)
@@ -177,7 +178,17 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
             assert "dpm" not in name.lower(), event
             if record["kind"] != "arrays":
                 continue
-            # Arrays are only ever the shared nets F, C, R (and only the leader sends them back).
+            if name not in SHARED_NETS and event["type"] in ("train.attack", "train.score"):
+                # an attacker's reconstructions: from the adversary to the server, then to the referee that
+                # holds the truth (the victim itself, or the data owner for the codes); never another party
+                victim = name.split("/")[0]
+                if event["type"] == "train.attack":
+                    assert event["sender"] in adversaries and event["receiver"] == "server", event
+                else:
+                    referee = scenario.data_owner.name if victim == "codes" else victim
+                    assert (event["sender"], event["receiver"]) == ("server", referee), event
+                continue
+            # Arrays are otherwise only the shared nets F, C, R (and only the leader sends them back).
             assert name in SHARED_NETS, event
             if event["sender"] != "server":
                 assert (event["type"], event["sender"]) == ("train.pretrain", scenario.leading_entity)
