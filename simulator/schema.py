@@ -395,7 +395,9 @@ class Adversary(Strict):
 class Verdict(Strict):
     """When the run says out loud that an attack broke a protection."""
 
-    ssim: float = Field(0.3, gt=0, le=1, description="SSIM of reconstructions of protected data above this")
+    ssim: float = Field(
+        0.3, gt=0, le=1, description="SSIM of reconstructions of protected pooled features above this"
+    )
     reidentification: float = Field(
         5.0, gt=1, description="or rank-1 re-identification above this many times chance"
     )

@@ -158,7 +158,7 @@ class Score(Stage):
 
 def verdict(scenario: Scenario, records: list[Record]) -> dict[str, tuple[str, str, str]]:
     """{sentence: (label, victim, metric)} for every protected result an attack recovered: SSIM above the
-    scenario's threshold, or rank-1 re-identification far above chance."""
+    scenario's threshold (pool attacks), or rank-1 re-identification far above chance."""
     out = {}
     by_label: dict[tuple[str, str], dict[str, float]] = {}
     for r in records:
@@ -168,7 +168,10 @@ def verdict(scenario: Scenario, records: list[Record]) -> dict[str, tuple[str, s
             continue
         chance = m.get("reid_chance", 1.0)
         whose = "the data owner's" if entity == CODES else f"{entity}'s"
-        if m.get("ssim", -1.0) > scenario.verdict.ssim:
+        # On the codes, SSIM alone misleads: the public decoder's prior draws a plausible image from any
+        # support (attacks.yaml: the k smallest magnitudes recover 5% of the support, below chance, yet
+        # score SSIM 0.43); re-identification says whether the image was recovered.
+        if entity != CODES and m.get("ssim", -1.0) > scenario.verdict.ssim:
             out[
                 f"BROKEN: {line} recovers {whose} images at SSIM {m['ssim']:.2f} "
                 f"(threshold {scenario.verdict.ssim:g})"
