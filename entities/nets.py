@@ -47,19 +47,23 @@ def feature_shape(featurizer: nn.Module, image_size: int) -> tuple[int, int, int
     return (int(shape[0]), int(shape[1]), int(shape[2]))
 
 
+def inverse_layers(channels: int, width: int) -> list[nn.Module]:
+    """CONV-BN-CONV-BN-CONV: the body of the paper's inverse bottleneck block."""
+    return [
+        nn.Conv2d(channels, width, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.Conv2d(width, channels, 1),
+    ]
+
+
 class InverseBottleneck(nn.Module):
     """CONV-BN-CONV-BN-CONV-ReLU, the paper's building block of R."""
 
     def __init__(self, channels: int, width: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.Conv2d(width, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.Conv2d(width, channels, 1),
-            nn.ReLU(inplace=True),
-        )
+        self.body = nn.Sequential(*inverse_layers(channels, width), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from entities.data import to_float
-from entities.nets import InverseBottleneck
+from entities.nets import InverseBottleneck, inverse_layers
 from entities.training import apply, device, fit
 
 OUTPUTS = ("minmax", "clamp", "sigmoid")
@@ -28,13 +28,7 @@ class ResidualInverse(nn.Module):
 
     def __init__(self, channels: int, width: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.Conv2d(width, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.Conv2d(width, channels, 1),
-        )
+        self.body = nn.Sequential(*inverse_layers(channels, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.body(x))
