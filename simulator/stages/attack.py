@@ -45,10 +45,11 @@ def _pooled(view: PartyView, victim: str, kind: str) -> A.Pooled:
     return A.Pooled(torch.from_numpy(np.array(features)).float(), torch.as_tensor(np.asarray(labels)))
 
 
-def knowledge(view: PartyView, spec: Adversary, task: Task) -> A.Knowledge:
-    """What this adversary knows, built from its view and nothing else; each piece is audited."""
+def knowledge(view: PartyView, spec: Adversary, task: Task, needs: frozenset[str]) -> A.Knowledge:
+    """What this adversary knows and the attack needs, built from its view and nothing else; each piece
+    is audited (nothing else is loaded: the public codes are not read for an attack on the pool)."""
     s = view.scenario
-    words = threats.knowledge_of(spec.knowledge, spec.known_pairs)
+    words = threats.knowledge_of(spec.knowledge, spec.known_pairs) & needs
     out = A.Knowledge()
     if "shared_nets" in words and task.payload.arrays:
         nets = cache.shared_nets(view, task.payload.arrays)
@@ -130,7 +131,7 @@ class Attack(Stage):
         name = str(task.payload.config["attack"])
         options = json.loads(str(task.payload.config["options"]))
         victims = [str(v) for v in task.payload.config["victims"]]  # type: ignore[union-attr]
-        base = knowledge(view, spec, task)
+        base = knowledge(view, spec, task, threats.ATTACKS[name].needs)
         attack = A.make_attack(name, **options)
         arrays: dict[str, dict[str, np.ndarray]] = {}
         records: list[Record] = []

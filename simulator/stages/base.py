@@ -15,6 +15,7 @@ or a plugin registering one more appends it. Nothing outside a stage's module na
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -47,8 +48,8 @@ class Server:
         self.run.audit({"t": round(time.time(), 3), "type": event_type, **fields})
 
 
-class Stage:
-    """One step of a run. Subclasses set `name` and `roles` and implement `plan`, `work`, `collect`."""
+class Stage(ABC):
+    """One step of a run. Subclasses set `name` and `roles` and implement `plan` and `work`."""
 
     name: ClassVar[str] = ""
     roles: ClassVar[frozenset[Role]] = frozenset()  # who may be sent this stage's tasks
@@ -59,11 +60,13 @@ class Stage:
             return ""
         return f"the scenario has no {' or '.join(sorted(PLURAL[r] for r in self.roles))}"
 
+    @abstractmethod
     def plan(self, server: Server) -> list[Task]:
-        raise NotImplementedError
+        """The server's side: this stage's tasks, in order (at most one in flight per party)."""
 
+    @abstractmethod
     def work(self, view: PartyView, task: Task) -> Payload:
-        raise NotImplementedError
+        """A party's side: one task, with only the party's view of the run."""
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         """Turn a reply into records (default: keep the reply's records)."""
