@@ -4,4 +4,5 @@
     paper.py     the papers' numbers, in one place
     tables.py    the tables beside the papers'; compare.py means, intervals, paired differences
     report.py    report/ (HTML, Markdown, CSV, plots); plots.py the plots
+    attacks.py   the attack records and the referee's image grids, as the report reads them
 """

@@ -171,3 +171,148 @@ def training_plot(
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return save(fig, path, formats)[0]
+
+
+def attack_bars(
+    bars: pd.DataFrame,
+    path: Path,
+    n_runs: int,
+    threshold: float | None = None,
+    chance: float | None = None,
+    formats: tuple[str, ...] = ("png", "svg"),
+) -> Path:
+    """Each attack's success, grouped by attack, one bar per victim (95% t-interval over seeds when there
+    are several): SSIM on the pooled features, support recovery on the codes. On a protected victim's bar,
+    a black tick: the same attack on that victim's unprotected features (what the protection is worth).
+
+    bars: reports.attacks.scores (attack, on, victim, metric, mean, lo, hi, unprotected).
+    threshold: the verdict's SSIM above which a protection counts as broken; chance: a random guess's
+    support recovery.
+    """
+    plt = _pyplot()
+    panels = [
+        (
+            bars[bars.victim != "codes"],
+            "Deep Poisoning: pooled features",
+            "SSIM of the reconstructions (data range 1)",
+        ),
+        (
+            bars[bars.victim == "codes"],
+            "Ambiguation: published codes",
+            "support recovery (share of the true support)",
+        ),
+    ]
+    panels = [p for p in panels if len(p[0])]
+    widths = [max(len(dict.fromkeys(p[0].attack)), 2) for p in panels]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(max(7.0, 1.3 * sum(widths) + 2.5), 4.6), width_ratios=widths, squeeze=False
+    )
+    cmap = plt.get_cmap("tab10")
+    colors = {v: cmap(i % 10) for i, v in enumerate(dict.fromkeys(bars.victim))}  # a victim's colour in both
+    for ax, (sub, title, ylabel) in zip(axes[0], panels, strict=True):
+        attacks = list(dict.fromkeys(sub.attack))
+        victims = list(dict.fromkeys(sub.victim))
+        width = 0.8 / len(victims)
+        for j, victim in enumerate(victims):
+            v = sub[sub.victim == victim].set_index("attack").reindex(attacks)
+            x = np.arange(len(attacks)) - 0.4 + width * (j + 0.5)
+            mean = v["mean"].to_numpy(dtype=float)
+            err = None
+            if n_runs > 1:  # drawn within the score's range (the table has the interval itself)
+                lo = np.maximum(v["lo"].to_numpy(dtype=float), np.minimum(mean, 0.0))
+                hi = np.minimum(v["hi"].to_numpy(dtype=float), 1.0)
+                err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
+            name = "the data owner's codes" if victim == "codes" else f"victim {victim} (protected features)"
+            ax.bar(x, mean, width * 0.92, yerr=err, capsize=3, color=colors[victim], label=name)
+            ref = pd.to_numeric(v["unprotected"], errors="coerce").to_numpy(dtype=float)
+            if not np.isnan(ref).all():
+                ax.hlines(
+                    ref,
+                    x - width * 0.46,
+                    x + width * 0.46,
+                    colors="black",
+                    lw=2.5,
+                    zorder=3,
+                    label="same attack on the victim's unprotected (original) features" if j == 0 else None,
+                )
+        if victims != ["codes"] and threshold is not None:
+            ax.axhline(
+                threshold, color="#d9534f", ls=":", lw=1.3, label=f"verdict: broken above SSIM {threshold:g}"
+            )
+        if victims == ["codes"] and chance is not None:
+            ax.axhline(chance, color="#777", ls="--", lw=1.3, label=f"chance: a random guess ({chance:.2f})")
+        ticks = [textwrap.fill(a, 14, break_long_words=False) for a in attacks]
+        ax.set_xticks(np.arange(len(attacks)), ticks, fontsize=7)
+        pad = max(0.0, (2 - len(attacks)) / 2)  # one attack: a bar of normal width, centred
+        ax.set_xlim(-0.6 - pad, len(attacks) - 0.4 + pad)
+        ax.set_ylim(min(0.0, float(np.nanmin(sub["mean"]))), 1.05)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("attack (adversary: attack)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    handles: dict[str, Any] = {}  # one legend under the panels, each entry once
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    spread = f"; mean and 95% t-interval over {n_runs} seeds" if n_runs > 1 else " (one seed)"
+    fig.suptitle(f"Attack success per attack and victim{spread}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(handles) + 1) // 2), 1, 1))
+    return save(fig, path, formats)[0]
+
+
+def privacy_utility_plot(
+    points: pd.DataFrame, path: Path, n_runs: int, formats: tuple[str, ...] = ("png", "svg")
+) -> Path:
+    """Privacy against utility: one point per victim and protection, x the best attack's SSIM on it, y C's
+    top-1 on the same features; a victim's unprotected and protected points joined by a grey line.
+
+    points: reports.attacks.privacy_utility (victim, protection, ssim[_lo, _hi], top1[_lo, _hi]).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    # (marker, size, face, colour, legend): the unprotected point hollow and larger, so that
+    # a protection that changed nothing still shows both points
+    styles = {
+        "unprotected": ("o", 11, "none", "#555555", "unprotected: original features"),
+        "protected": ("s", 6, "#3b6ea8", "#3b6ea8", "Deep Poisoning: DPM-poisoned features"),
+    }
+    for _, pair in points.groupby("victim", sort=False):
+        if len(pair) == 2:
+            ax.plot(pair["ssim"], pair["top1"], "-", color="#bbbbbb", lw=1, zorder=1)
+    for protection, (marker, size, face, color, name) in styles.items():
+        p = points[points.protection == protection]
+        if not len(p):
+            continue
+        xerr = yerr = None
+        if n_runs > 1:
+            xerr = np.nan_to_num(np.vstack([p["ssim"] - p["ssim_lo"], p["ssim_hi"] - p["ssim"]]))
+            yerr = np.nan_to_num(np.vstack([p["top1"] - p["top1_lo"], p["top1_hi"] - p["top1"]]))
+        ax.errorbar(
+            p["ssim"],
+            p["top1"],
+            xerr=xerr,
+            yerr=yerr,
+            fmt=marker,
+            color=color,
+            mfc=face,
+            ms=size,
+            capsize=3,
+            label=name,
+            zorder=2,
+        )
+    named = points.drop_duplicates("victim", keep="last")  # one name per victim: its protected point's
+    for x, y, victim in zip(named["ssim"], named["top1"], named["victim"], strict=True):
+        ax.annotate(str(victim), (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 105)
+    ax.set_xlabel(
+        "privacy lost: the best attack's SSIM on the victim's images\n(data range 1; lower is more private)"
+    )
+    ax.set_ylabel("utility: top-1 accuracy of C on the victim's features (%)")
+    spread = f"; mean and 95% t-interval over {n_runs} seeds" if n_runs > 1 else " (one seed)"
+    ax.set_title(f"Privacy against utility, per victim{spread}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", frameon=False)
+    fig.tight_layout()
+    return save(fig, path, formats)[0]

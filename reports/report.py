@@ -1,7 +1,8 @@
 """`veil report`: a run's or a sweep's report/ (index.html, report.md, one CSV per table, PNG and SVG plots).
 
 The paper's tables beside ours, Table 5 as grouped bars, rate-distortion curves, paired differences over
-seeds, curves against a varied parameter, and warnings where a result should not be trusted. Any table of
+seeds, curves against a varied parameter, each attack's success per victim, privacy against utility, the
+referee's image grids, and warnings where a result should not be trusted. Any table of
 records that has no section of its own gets a generic one, so new record kinds show up without code.
 Reads run directories only (reports.runs); never imports torch or the simulator.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import html
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from reports import compare
+from reports import attacks, compare
 from reports.paper import (
     AMBIGUATION_PAPER,
     AMBIGUATION_SCALE,
@@ -33,11 +35,21 @@ from reports.paper import (
     scenario_to_paper_rows,
     table3_row,
 )
-from reports.plots import rd_curve_plot, table5_bars, training_plot
+from reports.plots import attack_bars, privacy_utility_plot, rd_curve_plot, table5_bars, training_plot
 from reports.runs import CELL, Sweep
 
 DPM_NOT_POISONED = 0.5  # poisoned SSIM at or above this fraction of the original's: the DPM did not train
-OWN_SECTIONS = {"table1", "table2", "table3", "table5", "ambiguation", "sizes", "rd_curve", "training"}
+OWN_SECTIONS = {
+    "table1",
+    "table2",
+    "table3",
+    "table5",
+    "ambiguation",
+    "sizes",
+    "rd_curve",
+    "training",
+    "attack",
+}
 # What each net's training loss is (the group of a label: "C refined row 3" -> "C refined")
 LOSSES = {
     "F+C": "cross-entropy on raw images",
@@ -47,6 +59,16 @@ LOSSES = {
     "autoencoder": "the sparse autoencoder's reconstruction loss",
 }
 REPORT_SUFFIXES = (".html", ".md", ".csv", ".png", ".svg")
+GRIDS = "figures"  # report/figures/: the referee's image grids, copied from the first run
+
+
+@dataclass(frozen=True)
+class Figure:
+    """An image copied into report/, with its own caption."""
+
+    src: str  # relative to report/
+    caption: str
+    width: int  # display width in pixels (the grids are tiny: shown enlarged, pixelated)
 
 
 @dataclass
@@ -61,6 +83,7 @@ class Section:
     images: list[str] = field(default_factory=list)  # PNG file names in report/ (an SVG beside each)
     paper_columns: list[str] = field(default_factory=list)  # display columns holding the paper's numbers
     paper_rows: list[int] = field(default_factory=list)  # display rows (positions) holding the paper's
+    figures: list[Figure] = field(default_factory=list)  # copied PNGs (no SVG), each with its own caption
 
 
 def fmt(v: Any, digits: int = 4) -> str:
@@ -425,6 +448,133 @@ def section_training(stats: Stats, out: Path) -> Section | None:
     )
 
 
+# The attack table's columns, in reading order (any other metric follows)
+ATTACK_METRICS = ["ssim", "psnr", "l1", "support_recovery", "support_precision", "reid_rank1", "reid_chance"]
+
+
+def _attack_order(label: str, victim: str) -> tuple[str, str, str]:
+    a = attacks.parse_label(label)
+    return a.name, victim, a.on
+
+
+def section_attack(stats: Stats, scenario: dict[str, Any], out: Path) -> Section | None:
+    """Attack success per attack and victim: the bars, and every score of every attack."""
+    cells = stats.table("attack")
+    if cells.empty:
+        return None
+    metrics = list(dict.fromkeys(m for m in [*ATTACK_METRICS, *cells.metric] if m in set(cells.metric)))
+    frame, display = grid(stats, "attack", ["label", "entity"], ["metric"], metrics)
+    # by attack and victim, its protected and unprotected lines together
+    order = sorted(range(len(frame)), key=lambda i: _attack_order(frame.label[i], frame.entity[i]))
+    frame = frame.iloc[order].reset_index(drop=True).rename(columns={"entity": "victim"})
+    display = display.iloc[order].reset_index(drop=True).rename(columns={"entity": "victim"})
+    bars = attacks.scores(cells)
+    images = []
+    if len(bars):
+        threshold = (scenario.get("verdict") or {}).get("ssim")
+        images.append(
+            attack_bars(bars, out / "attacks.png", stats.n_runs, threshold, attacks.chance(cells)).name
+        )
+    return Section(
+        "attack",
+        "Attack success per attack and victim",
+        "The referee, who holds the truth, scores what each adversary made. On the pooled features: SSIM "
+        "(data range 1), PSNR (dB) and L1 of the attack's images against the victim's; 'protected' is the "
+        "victim's DPM-poisoned features, 'unprotected' its original ones (the same entity without a DPM: in "
+        "the plot, the black tick on each bar). On the published codes: the share of the true support "
+        "guessed (support_recovery; guessing every published position finds all of it, at the precision "
+        "support_precision), the random guess being the chance floor. reid_rank1: rank-1 re-identification "
+        "of the true image among the test images (reid_chance: by chance). The dotted line is the verdict's "
+        "SSIM threshold (BROKEN above it)."
+        + (f" Mean ± SD over {stats.n_runs} seeds; error bars: 95% t-interval." if stats.n_runs > 1 else ""),
+        frame,
+        display,
+        images=images,
+    )
+
+
+def _interval(mean: float, lo: float, hi: float, n: int) -> str:
+    return f"{fmt(mean, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]" if n > 1 else fmt(mean, 3)
+
+
+def section_privacy_utility(sweep: Sweep, out: Path) -> Section | None:
+    """Per victim, its protection's privacy (the best attack on it) against its utility (C's top-1)."""
+    points = attacks.privacy_utility(sweep.runs)
+    if points.empty:
+        return None
+    n_runs = len(sweep.runs)
+    image = privacy_utility_plot(points, out / "privacy-utility.png", n_runs)
+    display = pd.DataFrame(
+        {
+            "victim": points["victim"],
+            "features": [
+                "DPM-poisoned (protected)" if p == "protected" else "original (unprotected)"
+                for p in points["protection"]
+            ],
+            "best attack": points["best attack"],
+            "best attack's SSIM": [
+                _interval(*v) for v in zip(points.ssim, points.ssim_lo, points.ssim_hi, points.n, strict=True)
+            ],
+            "top-1 of C (%)": [
+                _interval(*v) for v in zip(points.top1, points.top1_lo, points.top1_hi, points.n, strict=True)
+            ],
+        }
+    )
+    return Section(
+        "privacy-utility",
+        "Privacy against utility",
+        "One point per victim and protection. Privacy: the SSIM (data range 1) of the best attack on those "
+        "features (per run the highest over the attacks run on them, then the mean over runs). Utility: "
+        "the top-1 accuracy of C on the victim's test images through the same features (Table 1). "
+        "Deep Poisoning protects when its point lies left of the unprotected one at about the same height."
+        + (f" Means over {n_runs} seeds, with the 95% t-interval in brackets." if n_runs > 1 else ""),
+        points,
+        display,
+        images=[image.name],
+    )
+
+
+def sections_grids(sweep: Sweep, out: Path) -> list[Section]:
+    """The referee's image grids of the first run, copied into report/figures/, one section per method."""
+    run = sweep.runs[0]
+    found = attacks.grids(run)
+    if found:
+        (out / GRIDS).mkdir(exist_ok=True)
+    for g in found:
+        shutil.copyfile(g.path, out / GRIDS / g.path.name)
+    which = f"run {run.path.name} (seed {run.seed})"
+    if len(sweep.runs) > 1:
+        which = f"the first run of {len(sweep.runs)}, {which}; the others' are in their figures/"
+    sections = []
+    for method in dict.fromkeys(g.method for g in found):
+        mine = [g for g in found if g.method == method]
+        frame = pd.DataFrame(
+            {
+                "figure": [f"{GRIDS}/{g.path.name}" for g in mine],
+                "adversary": [g.adversary for g in mine],
+                "attack": [g.attack + (f" ({g.variant})" if g.variant else "") for g in mine],
+                "victim": [g.victim for g in mine],
+                "features": [g.shard for g in mine],
+            }
+        )
+        slug = "grids-" + "".join(c if c.isalnum() else "-" for c in method.lower())
+        sections.append(
+            Section(
+                slug,
+                f"Reconstructions, {method}",
+                "Top row: the victim's true images; bottom row: what the attack made of them (the first "
+                f"images the referee scored). From {which}.",
+                frame,
+                frame.drop(columns="figure").assign(figure=[g.path.name for g in mine]),
+                figures=[
+                    Figure(f"{GRIDS}/{g.path.name}", g.caption, g.width * max(1, min(3, 600 // g.width)))
+                    for g in mine
+                ],
+            )
+        )
+    return sections
+
+
 def section_generic(stats: Stats, table: str) -> Section:
     """Any other table of records: cells pivoted by (row, label, entity) against metric."""
     sub = stats.table(table)
@@ -606,7 +756,8 @@ div.warnings { background: #fff4f2; border-left: 4px solid #d9534f; padding: .6r
 div.warnings li { margin: .25rem 0; } div.ok { background: #f0f8f0; border-left: 4px solid #5cb85c;
        padding: .6rem 1rem; }
 figure { margin: .5rem 0 1.2rem; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: .8rem; color: #666; } nav a { margin-right: .8rem; font-size: .85rem; }
+figcaption { font-size: .8rem; color: #666; }
+figure.grid img { image-rendering: pixelated; } nav a { margin-right: .8rem; font-size: .85rem; }
 """
 
 
@@ -691,6 +842,11 @@ def write_html(
                 f'<figcaption>{html.escape(image)} (<a href="{html.escape(svg)}">SVG</a>)</figcaption>'
                 "</figure>"
             )
+        for f in s.figures:
+            parts.append(
+                f'<figure class="grid"><img src="{html.escape(f.src)}" width="{f.width}" '
+                f'alt="{html.escape(f.caption)}"><figcaption>{html.escape(f.caption)}</figcaption></figure>'
+            )
         parts.append(html_table(s))
         parts.append("</section>")
     parts.append("</body></html>")
@@ -707,6 +863,8 @@ def write_markdown(
     for s in sections:
         parts += ["", f"## {s.title}", "", s.caption, ""]
         parts += [f"![{s.title}]({image})" for image in s.images]
+        for f in s.figures:
+            parts += [f"![{f.caption}]({f.src})", "", f"*{f.caption}*", ""]
         if s.images:
             parts.append("")
         parts.append(md_table(s.display))
@@ -730,6 +888,9 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
         section_jpeg(stats),
         section_sizes(stats),
         section_rd_curve(stats, out),
+        section_attack(stats, scenario, out),
+        section_privacy_utility(sweep, out),
+        *sections_grids(sweep, out),
         section_training(stats, out),
     ]
     sections = [s for s in candidates if s is not None]
@@ -741,7 +902,8 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
 def write_report(sweep: Sweep, out: Path) -> Path:
     """Write report/ (index.html, report.md, <table>.csv, plots) into `out`; return index.html's path."""
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():  # a fresh report: nothing left from an earlier one
+    # a fresh report: nothing left from an earlier one
+    for old in [*out.iterdir(), *(out / GRIDS).glob("*.png")]:
         if old.is_file() and old.suffix in REPORT_SUFFIXES:
             old.unlink()
     title, facts, warns, sections = build(sweep, out)

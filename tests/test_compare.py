@@ -85,8 +85,18 @@ def seed_records(i: int) -> list[dict]:
         rec("ambiguation", "jpeg at paper rate, whole file", "owner", "psnr_mean", 26.0),
         rec("sizes", "this run (L=4, m=64, k=16, k'=32)", "owner", "key_kb_h2", 0.025),
         rec("sizes", "this run (L=4, m=64, k=16, k'=32)", "owner", "guessing_bits", 116.7),
-        rec("attack", "inverse network", "mallory", "ssim", (0.3, 0.35, 0.4)[i]),
-        rec("attack", "surrogate DPM", "mallory", "ssim", (0.1, 0.12, 0.14)[i]),
+        # attacks as score.py labels them: "<adversary>: <attack> on <features>", the victim as entity
+        rec("attack", "eve: shared-reconstructor on protected", "E1", "ssim", (0.02, 0.03, 0.04)[i]),
+        rec("attack", "eve: shared-reconstructor on unprotected", "E1", "ssim", (0.6, 0.62, 0.64)[i]),
+        rec("attack", "mallory: known-pairs on protected", "E1", "ssim", (0.3, 0.35, 0.4)[i]),
+        rec("attack", "mallory: known-pairs on unprotected", "E1", "ssim", (0.7, 0.5, 0.66)[i]),
+        rec("attack", "eve: shared-reconstructor on protected", "E2", "ssim", (0.5, 0.55, 0.01)[i]),
+        rec("attack", "eve: shared-reconstructor on unprotected", "E2", "ssim", 0.6),
+        rec("attack", "eve: random-guess on ambiguated codes", "codes", "support_recovery", 0.5),
+        rec("attack", "eve: random-guess on ambiguated codes", "codes", "ssim", 0.3),
+        rec(
+            "attack", "eve: usage-prior on ambiguated codes", "codes", "support_recovery", (0.8, 0.85, 0.9)[i]
+        ),
     ]
     for k, rate, psnr, ssim in ((8, 0.045, 15.5, 0.46), (16, 0.068, 16.4, 0.45)):
         label = f"codes k={k}"

@@ -7,6 +7,7 @@ the paper's columns hold the numbers of ../shared/REFERENCE.md.
 from __future__ import annotations
 
 import ast
+import html
 import shutil
 import subprocess
 import sys
@@ -105,7 +106,8 @@ def render(directory: Path, capsys: pytest.CaptureFixture[str]) -> Report:
 
 
 def check_files(report: Report, out: Path) -> None:
-    """Every image exists and is a valid PNG with an SVG beside it; every table has its CSV; no scripts."""
+    """Every image exists and is a valid PNG, a plot with an SVG beside it (the runs' image grids, copied
+    into figures/, have none); every table has its CSV; no scripts."""
     assert report.images
     for src in report.images:
         path = out / src
@@ -113,7 +115,8 @@ def check_files(report: Report, out: Path) -> None:
         with Image.open(path) as img:
             assert img.format == "PNG"
             img.verify()
-        assert path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+        if not src.startswith("figures/"):
+            assert path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
     for link in report.links:
         if not link.startswith("#"):
             assert (out / link).is_file(), link
@@ -169,11 +172,40 @@ def test_report_of_a_synthetic_three_seed_sweep(tmp_path: Path, capsys: pytest.C
     assert float(t["sizes"]["body"][1][t["sizes"]["head"][0].index("guessing_bits")]) == 20 * 252
     assert report.column("rd_curve", "label") == ["codes k=8", "codes k=16", "jpeg q=10", "jpeg q=50"]
 
-    # a table nobody wrote a section for still shows up
-    assert report.column("t-attack", "label") == ["inverse network", "surrogate DPM"]
-    assert report.value("t-attack", "label", "inverse network", "ssim") == "0.35 ± 0.05"
+    # attacks: every score of every (attack, victim), and the bars
+    attack_rows = [(r[0], r[1]) for r in t["attack"]["body"]]
+    assert attack_rows == [  # by attack and victim, protected and unprotected together
+        ("eve: random-guess on ambiguated codes", "codes"),
+        ("eve: shared-reconstructor on protected", "E1"),
+        ("eve: shared-reconstructor on unprotected", "E1"),
+        ("eve: shared-reconstructor on protected", "E2"),
+        ("eve: shared-reconstructor on unprotected", "E2"),
+        ("eve: usage-prior on ambiguated codes", "codes"),
+        ("mallory: known-pairs on protected", "E1"),
+        ("mallory: known-pairs on unprotected", "E1"),
+    ]
+    assert t["attack"]["head"][0][:2] == ["label", "victim"]
+    assert report.value("attack", "label", "mallory: known-pairs on protected", "ssim") == "0.35 ± 0.05"
+    usage = "eve: usage-prior on ambiguated codes"
+    assert report.value("attack", "label", usage, "support_recovery") == "0.85 ± 0.05"
 
-    assert sorted(report.images) == ["rd_curve.png", "table5.png"]
+    # privacy against utility: per seed the best attack (known-pairs 0.7, shared 0.62, known-pairs 0.66 on
+    # the original features), then the mean; E2 has no Table 1 row, so no point
+    assert report.column("privacy-utility", "victim") == ["E1", "E1"]
+    assert report.column("privacy-utility", "features") == [
+        "original (unprotected)",
+        "DPM-poisoned (protected)",
+    ]
+    ssim = report.column("privacy-utility", "best attack's SSIM")
+    assert ssim[0].startswith("0.66 [0.561, 0.759]") and ssim[1].startswith("0.35 [0.226, 0.474]")
+    assert report.column("privacy-utility", "best attack") == [
+        "mallory: known-pairs (2/3), eve: shared-reconstructor (1/3)",
+        "mallory: known-pairs",
+    ]
+    assert report.column("privacy-utility", "top-1 of C (%)") == ["62 [57, 67]", "62 [53, 71]"]
+
+    assert sorted(report.images) == ["attacks.png", "privacy-utility.png", "rd_curve.png", "table5.png"]
+    assert not any(table.startswith("grids-") for table in t)  # the synthetic runs have no figures/
     warnings = "\n".join(report.warnings)
     assert "E2's DPM did not poison in 2 of 3 runs" in warnings
     assert "E1's DPM" not in warnings
@@ -250,6 +282,60 @@ def test_report_of_a_real_smoke_run(
         warned = any(w.startswith(f"{entity}'s DPM did not poison") for w in report.warnings)
         assert warned == (s["poisoned"] >= 0.5 * s["original"]), entity
     assert not (run_dir / "plots").exists()  # veil report writes only report/
+
+    # attacks: every (attack, victim) scored, its bars, and privacy against utility per victim
+    attack = records[records.table == "attack"]
+    assert {(r[0], r[1]) for r in report.tables["attack"]["body"]} == set(
+        zip(attack.label, attack.entity, strict=True)
+    )
+    assert {"attacks.png", "privacy-utility.png"} <= set(report.images)
+    victim = run.scenario["adversaries"][0]["victims"][0]
+    assert report.column("privacy-utility", "victim") == [victim, victim]
+    ssim = attack[(attack.entity == victim) & (attack.metric == "ssim")]
+    for i, on in enumerate(("unprotected", "protected")):
+        best = ssim[ssim.label.str.endswith(f" on {on}")].value.max()
+        assert float(report.column("privacy-utility", "best attack's SSIM")[i]) == pytest.approx(
+            best, abs=1e-3
+        )
+    # the referee's grids, copied beside index.html with a caption each; a file that is no PNG is left out
+    grids = sorted(src for src in report.images if src.startswith("figures/"))
+    assert grids == sorted(f"figures/{p.name}" for p in (run_dir / "figures").glob("*.png"))
+    assert report.column("grids-deep-poisoning", "features") == ["poisoned", "original"]
+    assert "figures/attack-eve-decode-as-published-codes-codes.png" in grids
+    text = (run_dir / "report" / "index.html").read_text()
+    assert html.escape(f"eve: shared-reconstructor on {victim}'s DPM-poisoned features (protected)") in text
+    assert html.escape("eve: magnitude (largest) on the published ambiguated codes") in text
+
+
+def test_report_grids_come_from_a_sweeps_first_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without attack records, no attack sections; the grids of figures/ are the first run's, PNGs only."""
+    root = make_sweep(tmp_path / "sweep")
+    for i in range(3):
+        run = root / f"seed-{i}"
+        scenario = yaml.safe_load((run / "scenario.yaml").read_text())
+        scenario["adversaries"] = [{"name": "eve", "knowledge": "outsider", "victims": ["E1"]}]
+        (run / "scenario.yaml").write_text(yaml.safe_dump(scenario))
+        for path in (run / "results").glob("*.jsonl"):  # no attack records
+            lines = [line for line in path.read_text().splitlines() if '"table": "attack"' not in line]
+            path.write_text("\n".join(lines) + "\n")
+        (run / "figures").mkdir()
+        Image.new("RGB", (34 * 8, 68), (i * 100, 0, 0)).save(
+            run / "figures" / "attack-eve-magnitude-codes-codes.png"
+        )
+    (root / "seed-0" / "figures" / "attack-eve-shared-reconstructor-E1-poisoned.png").write_bytes(
+        b"not a PNG"
+    )
+    report = render(root, capsys)
+    assert "attack" not in report.tables and "privacy-utility" not in report.tables
+    assert [src for src in report.images if src.startswith("figures/")] == [
+        "figures/attack-eve-magnitude-codes-codes.png"
+    ]
+    with Image.open(root / "report" / "figures" / "attack-eve-magnitude-codes-codes.png") as img:
+        assert img.getpixel((0, 0)) == (0, 0, 0)  # seed-0's
+    text = (root / "report" / "index.html").read_text()
+    assert "From the first run of 3, run seed-0 (seed 0)" in text
 
 
 def test_reports_import_no_torch_flwr_or_simulator() -> None:
