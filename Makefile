@@ -23,7 +23,7 @@ smoke: $(STAMP)
 	$(BIN)/veil run scenarios/smoke.yaml
 
 test: $(STAMP)  ## the default test tier (under 15 minutes on 2 cores)
-	$(BIN)/ruff check simulator entities reports tests bench
+	$(BIN)/ruff check --no-cache simulator entities reports tests bench
 	$(BIN)/mypy simulator entities reports
 	$(BIN)/python -m pytest -q
 

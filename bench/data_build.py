@@ -11,13 +11,12 @@ from collections.abc import Callable
 
 from runs import ROOT  # bench/runs.py puts the repo on sys.path
 
-from entities.data import TaskData, build_photos  # noqa: E402
-from entities.entity import load_task_data  # noqa: E402
+from entities.data import TaskData, build_photos, load_dataset  # noqa: E402
 from simulator.schema import load_scenario  # noqa: E402
 
 COLLAB = load_scenario(ROOT / "scenarios" / "collab-10-1.yaml")
 BUILDS: dict[str, Callable[[], TaskData]] = {
-    "collab-10-1": lambda: load_task_data(COLLAB),
+    "collab-10-1": lambda: load_dataset(COLLAB.dataset, seed=COLLAB.task_seed),
     "4000 train patches": lambda: build_photos(
         patch=32, task_classes=10, public_classes=8, train_per_class=400, test_per_class=100, seed=0
     ),

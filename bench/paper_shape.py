@@ -53,7 +53,7 @@ def checks(df: pd.DataFrame, small: set[str]) -> list[tuple[str, bool | None, st
             "Table 1: top-1 poisoned within 3 points of original",
             entity,
             abs(orig - pois) <= 3,
-            f"{orig:.1f} vs {pois:.1f}",
+            f"poisoned {pois:.1f}, original {orig:.1f}",
         )
     t2 = df[df.table == "table2"].pivot_table(index="entity", columns=["label", "metric"], values="value")
     for entity, row in t2.iterrows():

@@ -22,17 +22,24 @@ import torch
 from runs import run_to_check  # bench/runs.py; it also puts the repo on sys.path
 
 from entities import entity as E  # noqa: E402
+from entities.data import load_dataset  # noqa: E402
 from entities.metrics import accuracy  # noqa: E402
-from simulator.node import PARTITION_FILE  # noqa: E402
 from simulator.pool import Pool  # noqa: E402
 from simulator.rundir import RunDir  # noqa: E402
-from simulator.server_app import NETS_FILE  # noqa: E402
+from simulator.stages.prepare import PARTITION_FILE  # noqa: E402
 
 
 def pool_signal(run: RunDir) -> pd.DataFrame:
     scenario = run.scenario()
-    task = E.load_task_data(scenario)
-    nets = E.load_nets(scenario, len(task.task_train.classes), torch.load(run.shared_dir / NETS_FILE))
+    task = load_dataset(scenario.dataset, seed=scenario.task_seed)
+    assert scenario.reconstructor is not None, "a Deep Poisoning run has a reconstructor section"
+    nets = E.load_nets(
+        scenario.backbone,
+        scenario.reconstructor,
+        scenario.dataset.side,
+        len(task.task_train.classes),
+        run.load_nets(),
+    )
     decider, pool, mirrored = nets.decider.eval(), Pool(run.pool_dir), scenario.dpm.share_mirrored
     rows = []
     for entity in scenario.entities:

@@ -67,3 +67,16 @@ def test_table2_needs_a_good_inverse_and_a_poisoned_one_that_fails() -> None:
     got = verdicts(frame(GOOD_ROWS, {"E1": (55, 55)}, (0.49, 0.11)))
     assert got["Table 2 E1: SSIM from original >= 0.5"] is False
     assert got["Table 2 E1: SSIM from poisoned <= 0.1"] is False
+
+
+def test_every_bench_script_imports_against_the_current_code() -> None:
+    """bench/ is not imported by the package, so a rename elsewhere leaves a script stale until run."""
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    names = sorted(p.stem for p in bench.glob("*.py"))
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code, *names], cwd=bench, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
