@@ -156,8 +156,15 @@ class Difference:
         return self.claim.paper(self.metric)
 
     @property
+    def judged(self) -> bool:
+        """The paper states its claims on top-1; other metrics' differences are shown, not judged."""
+        return self.metric == "top1"
+
+    @property
     def verdict(self) -> str:
         """'holds' (interval above the threshold), 'does not hold' (below) or 'undecided'."""
+        if not self.judged:
+            return "not judged (the claims are on top-1)"
         if self.n < 2:
             if math.isnan(self.mean):
                 return "undecided"

@@ -284,7 +284,7 @@ def section_differences(sweep: Sweep) -> Section | None:
             "metric": frame["metric"],
             "ours": [f"{fmt(d.mean, 3)} ± {fmt(d.sd, 2)}" if d.n > 1 else fmt(d.mean, 3) for d in diffs],
             "95% interval": [f"[{fmt(d.ci_low, 3)}, {fmt(d.ci_high, 3)}]" if d.n > 1 else "" for d in diffs],
-            "threshold": [f"> {fmt(d.claim.threshold)}" for d in diffs],
+            "threshold": [f"> {fmt(d.claim.threshold)}" if d.judged else "" for d in diffs],
             "verdict": frame["verdict"],
             "paper": [fmt(d.paper, 3) for d in diffs],
         }
@@ -292,7 +292,7 @@ def section_differences(sweep: Sweep) -> Section | None:
     n = len(sweep.runs)
     return Section(
         "differences",
-        "Table 5: the paper's claims as paired differences between rows (points)",
+        "Table 5 claims: the paper's claims as paired differences between rows (points)",
         f"Per seed, the difference between rows of the same run; then mean ± SD over {n} seed(s) and the 95% "
         "Student-t interval. A claim holds when the interval lies above its threshold, does not hold when it "
         "lies below, and is undecided otherwise.",
