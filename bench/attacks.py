@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from entities.attacks import AttackResult, attack_names, make_attack  # noqa: E402
-from entities.attacks.scoring import save_grid, score_result  # noqa: E402
+from entities.attacks.scoring import score_result  # noqa: E402
 from entities.attacks.toy import World, build_world  # noqa: E402
+from entities.grids import save_grid  # noqa: E402
 
 KNOWN_PAIRS = 60
 OWN_KEYS = 20

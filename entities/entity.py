@@ -244,6 +244,15 @@ def featurize(
     return out
 
 
+def reconstruct(nets: SharedNets, images: np.ndarray, dpm: nn.Module | None = None) -> torch.Tensor:
+    """R(F(x)), or R(P(F(x))) when a DPM is given: what Table 2 measures, as images to look at."""
+    dev = device()
+    recon = nets.reconstructor.to(dev).eval()
+    out = apply(lambda b: recon(b.to(dev)), featurize(nets.featurizer, images, dpm))
+    recon.cpu()
+    return out
+
+
 def keep_batchnorm_statistics(net: nn.Module) -> None:
     """Train mode, except that BatchNorm layers normalise with (and keep) their running statistics.
 

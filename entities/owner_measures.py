@@ -6,6 +6,7 @@ rate-distortion curve. The owner holds the originals and every key, so it can sc
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,11 +16,18 @@ from entities import sparse
 from entities.codecs import jpeg, jpeg_at_rate, measure
 from entities.data import to_float
 from entities.data_owner import Codes, decode, encode
+from entities.grids import IMAGES
 
 VALUE_BITS = 8  # the width of a non-zero value in the quantised rate
 PAPER = {"maps": 20, "code_length": 512, "k": 128, "k_prime": 256, "pixels": 3 * 128 * 128}
 
 Record = dict[str, Any]  # {"table", "label", "metric", "value"}; the caller adds the party
+
+
+@dataclass
+class Measured:
+    records: list[Record]
+    shown: dict[str, torch.Tensor]  # the codes grid: row label -> the first test images as that row shows
 
 
 def quantise_values(codes: torch.Tensor, scale: torch.Tensor, bits: int = VALUE_BITS) -> torch.Tensor:
@@ -86,8 +94,9 @@ def _jpeg_records(label: str, x: torch.Tensor, out: dict[str, Any], target_bpv: 
     )
 
 
-def measure_owner(owner: Any, made: Codes, *, seed: int) -> list[Record]:
-    """Every measurement of the owner's codes, as flat records."""
+def measure_owner(owner: Any, made: Codes, *, seed: int) -> Measured:
+    """Every measurement of the owner's codes, as flat records, and the first test images as authorised
+    users, the codes as published, a random guess of the supports and JPEG at the matched rate show them."""
     ae, k, k_small, k_prime = owner.autoencoder, owner.k, owner.k_small, owner.k_prime
     maps, m = ae.maps, ae.code_length
     data, model, codes, train_codes, truth = made.data, made.model, made.codes, made.train_codes, made.truth
@@ -102,6 +111,7 @@ def measure_owner(owner: Any, made: Codes, *, seed: int) -> list[Record]:
     rate_q8 = sparse.rate_bpp_quantised(maps, m, k, pixels, VALUE_BITS)
     mask = torch.from_numpy(truth)
     authorised = decode(model, ambiguated * mask)
+    shown = {"original": x_test[:IMAGES], f"authorised k={k}": authorised[:IMAGES]}  # for the codes grid
     records += _quality(f"authorised k={k}", x_test, authorised, rate_bpv=rate, rate_bpv_q8=rate_q8, k=k)
     scale = train_codes.abs().amax(dim=(0, 2))
     quantised = decode(model, quantise_values(ambiguated * mask, scale))
@@ -117,7 +127,9 @@ def measure_owner(owner: Any, made: Codes, *, seed: int) -> list[Record]:
         rate_bpv=sparse.rate_bpp_paper(maps, m, k_small, pixels),
         rate_bpv_q8=sparse.rate_bpp_quantised(maps, m, k_small, pixels, VALUE_BITS),
     )
-    records += _quality("ambiguated as is", x_test, decode(model, ambiguated), k=k_prime)
+    as_published = decode(model, ambiguated)
+    shown[f"ambiguated k'={k_prime}"] = as_published[:IMAGES].clone()  # a slice would keep the whole batch
+    records += _quality("ambiguated as is", x_test, as_published, k=k_prime)
     # An attacker with the public network and public images of its own (D_q) estimates position usage.
     usage = sparse.supports(encode(model, to_float(data.public_train.images), k)).float().mean(0)
     attacks = (
@@ -126,15 +138,18 @@ def measure_owner(owner: Any, made: Codes, *, seed: int) -> list[Record]:
         ("usage-prior attack", usage_prior_attack(ambiguated, usage, k)),
     )
     for name, support in attacks:
+        decoded = decode(model, ambiguated * support)
+        if name == "random guess":
+            shown[name] = decoded[:IMAGES].clone()
         records += _quality(
-            name,
-            x_test,
-            decode(model, ambiguated * support),
-            support_recovery=sparse.support_recovery(support, mask),
-            k=k,
+            name, x_test, decoded, support_recovery=sparse.support_recovery(support, mask), k=k
         )
     for name, target in (("paper rate", rate), (f"{VALUE_BITS}-bit rate", rate_q8)):
-        records += _jpeg_records(f"jpeg at {name}, whole file", x_test, jpeg_at_rate(x_test, target), target)
+        matched = jpeg_at_rate(x_test, target)
+        records += _jpeg_records(f"jpeg at {name}, whole file", x_test, matched, target)
+        if target == rate:  # the authorised decode's rate, JPEG's whole file counted
+            over = "" if matched["met"] else " (over rate)"
+            shown[f"JPEG q={matched['quality']}{over}"] = matched["images"][:IMAGES].clone()
         records += _jpeg_records(
             f"jpeg at {name}, payload only", x_test, jpeg_at_rate(x_test, target, count="payload"), target
         )
@@ -210,4 +225,4 @@ def measure_owner(owner: Any, made: Codes, *, seed: int) -> list[Record]:
         records.append(
             {"table": "data_owner", "label": "autoencoder", "metric": metric, "value": float(value)}
         )
-    return records
+    return Measured(records, shown)

@@ -1,5 +1,6 @@
 """The attack records as the report reads them: who attacked what, how far each attack got, the best attack
-against each protection beside that protection's utility, and the referee's image grids.
+against each protection beside that protection's utility; and the run's image grids (the referee's, each
+entity's Table 2, the data owner's codes).
 
 An attack record (simulator/stages/score.py) is labelled "<adversary>: <attack> on <features>", its entity
 the victim: an entity for the pooled features, "codes" for the published codes. Reads files only.
@@ -143,25 +144,34 @@ def privacy_utility(runs: list[Run]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Grid:
-    """One of the referee's PNGs (figures/): true images above an attack's output."""
+    """One PNG of figures/: an entity's Table 2 grid, the data owner's codes grid, or the referee's grid
+    of a victim's true images above an attack's output."""
 
     path: Path
-    adversary: str
-    attack: str
-    victim: str
-    shard: str  # "poisoned", "original" or "codes"
-    variant: str
+    kind: str  # "table2", "codes" or "attack"
+    party: str  # the entity (table2), the data owner (codes), the attack's victim ("codes": the codes)
     width: int  # pixels
+    adversary: str = ""  # the rest: an attack grid's only
+    attack: str = ""
+    shard: str = ""  # "poisoned", "original" or "codes"
+    variant: str = ""
 
     @property
     def method(self) -> str:
-        return "ambiguated codes" if self.shard == CODES else "Deep Poisoning"
+        return "ambiguated codes" if CODES in (self.kind, self.shard) else "Deep Poisoning"
 
     @property
     def caption(self) -> str:
+        if self.kind == "table2":
+            return f"{self.party}: test images; R from original features; R from DPM-poisoned features"
+        if self.kind == "codes":
+            return (
+                f"{self.party}: originals; authorised; ambiguated as published; random guess; "
+                "JPEG at the matched rate"
+            )
         features = {
-            "poisoned": f"{self.victim}'s DPM-poisoned features (protected)",
-            "original": f"{self.victim}'s original features (unprotected)",
+            "poisoned": f"{self.party}'s DPM-poisoned features (protected)",
+            "original": f"{self.party}'s original features (unprotected)",
         }.get(self.shard, "the published ambiguated codes")
         variant = f" ({self.variant})" if self.variant else ""
         return f"{self.adversary}: {self.attack}{variant} on {features}"
@@ -177,26 +187,38 @@ def png_width(path: Path) -> int | None:
 
 
 def grids(run: Run) -> list[Grid]:
-    """The referee's grids of a run, named attack-<adversary>-<attack>-<victim>-<shard>[-<variant>].png
-    (score.py), by method, adversary, attack and victim, the unprotected beside the protected.
-    Names that do not parse, and files that are not PNGs, are left out."""
-    adversaries = [str(a.get("name")) for a in run.scenario.get("adversaries") or []]
-    victims = [str(e.get("name")) for e in run.scenario.get("entities") or []] + [CODES]
-    if not adversaries:
-        return []
-    alternatives = "|".join(re.escape(n) for n in sorted(adversaries, key=len, reverse=True))
-    pattern = re.compile(
-        rf"^attack-(?P<adversary>{alternatives})-(?P<attack>.+)-"
-        rf"(?P<victim>{'|'.join(re.escape(v) for v in victims)})-(?P<shard>poisoned|original|codes)"
-        r"(?:-(?P<variant>.+))?\.png$"
-    )
+    """A run's grids, by method: each entity's Table 2 grid (table2-<entity>.png, poison.py) and the data
+    owner's codes grid (codes-<owner>.png, codes.py) first, then the referee's, named
+    attack-<adversary>-<attack>-<victim>-<shard>[-<variant>].png (score.py), by adversary, attack and
+    victim, the unprotected beside the protected. Names that do not parse, and files that are not PNGs,
+    are left out."""
+    figures = run.path / "figures"
+    entities = [str(e.get("name")) for e in run.scenario.get("entities") or []]
+    owner = run.scenario.get("data_owner") or {}
+    own = [("table2", e) for e in entities] + ([(CODES, str(owner["name"]))] if "name" in owner else [])
     out = []
-    for path in sorted((run.path / "figures").glob("attack-*.png")):
-        m = pattern.match(path.name)
-        width = png_width(path)
-        if m and width:
-            out.append(
-                Grid(path, m["adversary"], m["attack"], m["victim"], m["shard"], m["variant"] or "", width)
-            )
-    order = {"poisoned": 0, "original": 1, "codes": 2}
-    return sorted(out, key=lambda g: (g.method, g.adversary, g.attack, g.victim, g.variant, order[g.shard]))
+    for kind, party in own:
+        path = figures / f"{kind}-{party}.png"
+        width = png_width(path) if path.is_file() else None
+        if width:
+            out.append(Grid(path, kind, party, width))
+    adversaries = [str(a.get("name")) for a in run.scenario.get("adversaries") or []]
+    if adversaries:
+        alternatives = "|".join(re.escape(n) for n in sorted(adversaries, key=len, reverse=True))
+        pattern = re.compile(
+            rf"^attack-(?P<adversary>{alternatives})-(?P<attack>.+)-"
+            rf"(?P<victim>{'|'.join(re.escape(v) for v in [*entities, CODES])})-"
+            r"(?P<shard>poisoned|original|codes)(?:-(?P<variant>.+))?\.png$"
+        )
+        for path in sorted(figures.glob("attack-*.png")):
+            m = pattern.match(path.name)
+            width = png_width(path)
+            if m and width:
+                adversary, attack, shard, variant = m.group("adversary", "attack", "shard", "variant")
+                out.append(Grid(path, "attack", m["victim"], width, adversary, attack, shard, variant or ""))
+    kinds = {"table2": 0, CODES: 0, "attack": 1}
+    shards = {"": 0, "poisoned": 0, "original": 1, "codes": 2}
+    return sorted(
+        out,
+        key=lambda g: (g.method, kinds[g.kind], g.adversary, g.attack, g.party, g.variant, shards[g.shard]),
+    )

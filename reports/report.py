@@ -1,8 +1,8 @@
 """`veil report`: a run's or a sweep's report/ (index.html, report.md, one CSV per table, PNG and SVG plots).
 
 The paper's tables beside ours, Table 5 as grouped bars, rate-distortion curves, paired differences over
-seeds, curves against a varied parameter, each attack's success per victim, privacy against utility, the
-referee's image grids, and warnings where a result should not be trusted. Any table of
+seeds, curves against a varied parameter, each attack's success per victim, privacy against utility, image
+grids (Table 2's, the codes', the referee's), and warnings where a result should not be trusted. Any table of
 records that has no section of its own gets a generic one, so new record kinds show up without code.
 Reads run directories only (reports.runs); never imports torch or the simulator.
 """
@@ -59,7 +59,7 @@ LOSSES = {
     "autoencoder": "the sparse autoencoder's reconstruction loss",
 }
 REPORT_SUFFIXES = (".html", ".md", ".csv", ".png", ".svg")
-GRIDS = "figures"  # report/figures/: the referee's image grids, copied from the first run
+GRIDS = "figures"  # report/figures/: the image grids of the first run, copied
 
 
 @dataclass(frozen=True)
@@ -534,8 +534,21 @@ def section_privacy_utility(sweep: Sweep, out: Path) -> Section | None:
     )
 
 
+# What a section's caption says of each kind of grid it holds (reports.attacks.Grid.kind)
+GRID_ROWS = {
+    "table2": "An entity's Table 2 grid: the first images of the common test set; R from their original "
+    "features; R from the entity's DPM-poisoned features.",
+    "codes": "The data owner's codes grid: its first test images; decoded by an authorised user (the true "
+    "supports); decoded as published (ambiguated); with a random guess of the supports; JPEG at the "
+    "authorised decode's rate (whole file; its quality in the row label, 'over rate' where even quality 1 "
+    "is above it).",
+    "attack": "An attack's grid: top row, the victim's true images; bottom row, what the attack made of "
+    "them (the first images the referee scored).",
+}
+
+
 def sections_grids(sweep: Sweep, out: Path) -> list[Section]:
-    """The referee's image grids of the first run, copied into report/figures/, one section per method."""
+    """The image grids of the first run, copied into report/figures/, one section per method."""
     run = sweep.runs[0]
     found = attacks.grids(run)
     if found:
@@ -551,23 +564,25 @@ def sections_grids(sweep: Sweep, out: Path) -> list[Section]:
         frame = pd.DataFrame(
             {
                 "figure": [f"{GRIDS}/{g.path.name}" for g in mine],
+                "grid": [g.kind for g in mine],
+                "party": [g.party for g in mine],
                 "adversary": [g.adversary for g in mine],
                 "attack": [g.attack + (f" ({g.variant})" if g.variant else "") for g in mine],
-                "victim": [g.victim for g in mine],
                 "features": [g.shard for g in mine],
             }
         )
         slug = "grids-" + "".join(c if c.isalnum() else "-" for c in method.lower())
+        rows = " ".join(GRID_ROWS[kind] for kind in dict.fromkeys(g.kind for g in mine))
         sections.append(
             Section(
                 slug,
                 f"Reconstructions, {method}",
-                "Top row: the victim's true images; bottom row: what the attack made of them (the first "
-                f"images the referee scored). From {which}.",
+                f"{rows} From {which}.",
                 frame,
                 frame.drop(columns="figure").assign(figure=[g.path.name for g in mine]),
+                # enlarged by a whole factor (pixelated) to at most 800 pixels wide, at most 3 times
                 figures=[
-                    Figure(f"{GRIDS}/{g.path.name}", g.caption, g.width * max(1, min(3, 600 // g.width)))
+                    Figure(f"{GRIDS}/{g.path.name}", g.caption, g.width * max(1, min(3, 800 // g.width)))
                     for g in mine
                 ],
             )

@@ -192,7 +192,8 @@ class PartyView:
         return of, self._read_as(of, KEYS_DIR, KEY_FILE)
 
     def write_figure(self, name: str, data: bytes) -> Path:
-        """A figure for the researcher (`figures/`): the referee's grids of truth beside attacks."""
+        """A figure for the researcher (`figures/`): image grids of what the party may show (the referee's
+        truth beside attacks, an entity's Table 2 on the common test images, the owner's codes grid)."""
         if not _PLAIN_NAME.fullmatch(name):
             raise Forbidden(f"{name!r} is not a plain file name")
         return write_atomic(self._root / "figures" / name, data)

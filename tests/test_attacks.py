@@ -25,8 +25,9 @@ from entities.attacks import (
     make_attack,
     require,
 )
-from entities.attacks.scoring import save_grid, score_images, score_result
+from entities.attacks.scoring import score_images, score_result
 from entities.attacks.toy import World, build_world
+from entities.grids import save_grid
 
 POOL_ATTACKS = {
     "shared-reconstructor",
@@ -136,6 +137,15 @@ def test_the_referee_tells_a_perfect_reconstruction_from_noise(tmp_path: Any) ->
     path = save_grid(tmp_path / "grid.png", truth, truth.flip(-1), n=5)
     with Image.open(path) as image:
         assert image.size == (5 * 18, 2 * 18)
+        plain = np.asarray(image)
+    # any number of rows, each with a label in a white column on the left
+    path = save_grid(tmp_path / "rows.png", truth, truth.flip(-1), 1 - truth, n=5, labels=("x", "y", "z"))
+    with Image.open(path) as image:
+        pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    assert height == 3 * 18 and width > 5 * 18
+    assert (pixels[: 2 * 18, width - 5 * 18 :] == plain).all()  # the same images, right of the labels
+    assert (pixels[:, : width - 5 * 18] < 100).any()  # the labels: dark text
 
 
 # ---------------------------------------------------------------- the toy world

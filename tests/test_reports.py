@@ -300,9 +300,17 @@ def test_report_of_a_real_smoke_run(
     # the referee's grids, copied beside index.html with a caption each; a file that is no PNG is left out
     grids = sorted(src for src in report.images if src.startswith("figures/"))
     assert grids == sorted(f"figures/{p.name}" for p in (run_dir / "figures").glob("*.png"))
-    assert report.column("grids-deep-poisoning", "features") == ["poisoned", "original"]
+    # each entity's Table 2 grid first, then the attacks'; the owner's codes grid in the codes section
+    assert report.column("grids-deep-poisoning", "party") == [*entities, victim, victim]
+    assert report.column("grids-deep-poisoning", "features") == ["", "", "", "", "poisoned", "original"]
+    assert report.column("grids-ambiguated-codes", "figure")[0] == "codes-owner.png"
     assert "figures/attack-eve-decode-as-published-codes-codes.png" in grids
+    assert {"figures/codes-owner.png", *(f"figures/table2-{e}.png" for e in entities)} <= set(grids)
     text = (run_dir / "report" / "index.html").read_text()
+    assert html.escape("E1: test images; R from original features; R from DPM-poisoned features") in text
+    assert html.escape(
+        "owner: originals; authorised; ambiguated as published; random guess; JPEG at the matched rate"
+    ) in text
     assert html.escape(f"eve: shared-reconstructor on {victim}'s DPM-poisoned features (protected)") in text
     assert html.escape("eve: magnitude (largest) on the published ambiguated codes") in text
 
@@ -336,6 +344,26 @@ def test_report_grids_come_from_a_sweeps_first_run(
         assert img.getpixel((0, 0)) == (0, 0, 0)  # seed-0's
     text = (root / "report" / "index.html").read_text()
     assert "From the first run of 3, run seed-0 (seed 0)" in text
+
+
+def test_report_of_a_run_without_adversaries_has_its_table2_grids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Deep Poisoning run without adversaries (collab-style) shows each entity's Table 2 grid."""
+    root = make_sweep(tmp_path / "sweep")
+    figures = root / "seed-0" / "figures"
+    figures.mkdir()
+    for entity in ("E2", "E1"):
+        Image.new("RGB", (400, 102), "white").save(figures / f"table2-{entity}.png")
+    (figures / "table2-E9.png").write_bytes((figures / "table2-E1.png").read_bytes())  # no such entity
+    report = render(root, capsys)
+    assert report.column("grids-deep-poisoning", "figure") == ["table2-E1.png", "table2-E2.png"]
+    assert sorted(src for src in report.images if src.startswith("figures/")) == [
+        "figures/table2-E1.png",
+        "figures/table2-E2.png",
+    ]
+    text = (root / "report" / "index.html").read_text()
+    assert html.escape("E2: test images; R from original features; R from DPM-poisoned features") in text
 
 
 def test_reports_import_no_torch_flwr_or_simulator() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from conftest import BROKEN_PARTY, CORRUPT_SHARD, EARLIER_STAGES, BrokenResume, KilledRun, result_records
+from PIL import Image
 
 from simulator.pool import CorruptShard, Pool
 from simulator.roles import parties as all_parties
@@ -111,6 +112,18 @@ def test_smoke_end_to_end(smoke_run: Path) -> None:
         for name in PRIVATE_FILES:
             assert (run.private_dir(party) / name).is_file(), (party, name)
     assert [info.owner for info in Pool(run.pool_dir).verify()]  # every shard matches its digest
+
+    # The grids to look at: each entity's Table 2 (test images, R from original and from poisoned features)
+    # and the owner's codes (originals, authorised, as published, random guess, JPEG), 8 images a row
+    assert isinstance(scenario.dataset, PhotosDataset) and scenario.data_owner is not None
+    grids = {f"table2-{e}.png": (3, scenario.dataset.patch) for e in parties}
+    grids[f"codes-{scenario.data_owner.name}.png"] = (5, scenario.data_owner.image_size)
+    for name, (rows, side) in grids.items():
+        with Image.open(smoke_run / "figures" / name) as image:
+            assert image.format == "PNG", name
+            width, height = image.size
+        assert height == rows * (side + 2), (name, image.size)
+        assert width > 8 * (side + 2), (name, image.size)  # eight images, and a label left of each row
 
 
 def test_same_seed_same_metrics(smoke_run: Path, repeat_run: Path) -> None:

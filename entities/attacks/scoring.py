@@ -9,11 +9,7 @@ a plain float; `score_result` flattens a result and its variants into one dict.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from entities import sparse
@@ -142,21 +138,3 @@ def score_result(
     for name, variant in result.variants.items():
         out |= {f"{name}/{metric}": value for metric, value in scored(variant).items()}
     return out
-
-
-def save_grid(path: Path | str, originals: torch.Tensor, reconstructions: torch.Tensor, n: int = 8) -> Path:
-    """A PNG of two rows: the first n originals above their reconstructions (1-pixel white gaps)."""
-    n = min(n, len(originals), len(reconstructions))
-    if n == 0:
-        raise ValueError("nothing to draw")
-    rows = []
-    for images in (originals[:n], reconstructions[:n]):
-        x = images.detach().float().clamp(0, 1).cpu()
-        x = nn.functional.pad(x, (1, 1, 1, 1), value=1.0)
-        rows.append(torch.cat(list(x), dim=2))  # (3, H+2, n*(W+2))
-    grid = torch.cat(rows, dim=1)
-    pixels = np.rint(grid.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path

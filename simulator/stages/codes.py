@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from entities import data_owner as D
 from entities import entity as E
+from entities.grids import grid_png
 from entities.keys import KEY_FILE
 from entities.owner_measures import measure_owner
 from entities.publication import sha256
@@ -59,10 +60,14 @@ class Codes(Stage):
             )
             for user, key in outcome.keys.items()
         ]
+        measured = measure_owner(owner, outcome.codes, seed=seed)
         records = [
             Record(r["table"], None, r["label"], view.name, r["metric"], float(r["value"]))
-            for r in measure_owner(owner, outcome.codes, seed=seed)
+            for r in measured.records
         ]
+        # the owner's own test images, which it may show the researcher
+        grid = grid_png(*measured.shown.values(), labels=list(measured.shown))
+        view.write_figure(f"codes-{view.name}.png", grid)
         records += curve_records("autoencoder", view.name, curves)
         files = outcome.codes.manifest["files"]
         publications = [

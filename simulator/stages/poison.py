@@ -1,5 +1,6 @@
-"""`poison`: each entity trains its private DPM, measures it (Tables 1 and 2), and publishes poisoned
-features with their labels to the pool. The DPM stays in the entity's private directory."""
+"""`poison`: each entity trains its private DPM, measures it (Tables 1 and 2, with a grid of test images
+and their reconstructions in `figures/`), and publishes poisoned features with their labels to the pool.
+The DPM stays in the entity's private directory."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 
 from entities import entity as E
 from entities import threats
+from entities.data import to_float
+from entities.grids import IMAGES, grid_png
 from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Publication, Record, Task
@@ -69,7 +72,18 @@ class Poison(Stage):
         buffer = io.BytesIO()
         torch.save(dpm.state_dict(), buffer)
         view.write_private(DPM_FILE, buffer.getvalue())
-        measured = E.measure_dpm(nets, dpm, cache.dataset(view).task_test)
+        test = cache.dataset(view).task_test
+        measured = E.measure_dpm(nets, dpm, test)
+        # Table 2 to look at: the task's common test images (not this entity's partition, so nothing
+        # private), the first ones, so that every entity's grid shows the same images.
+        shown = test.images[:IMAGES]
+        grid = grid_png(
+            to_float(shown),
+            E.reconstruct(nets, shown),
+            E.reconstruct(nets, shown, dpm),
+            labels=("test image x", "R(F(x))", "R(P(F(x)))"),
+        )
+        view.write_figure(f"table2-{view.name}.png", grid)
 
         mirror = mirrored(s)
         shared_labels = np.concatenate([labels, labels]) if mirror else labels

@@ -7,15 +7,14 @@ above reconstructions goes to `figures/`, and an attack that breaks a protection
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from entities.attacks.scoring import save_grid, score_images, score_support
+from entities.attacks.scoring import score_images, score_support
 from entities.data import to_float
 from entities.data_owner import owner_images
+from entities.grids import grid_png
 from entities.keys import KEY_FILE, unpack_key_file
 from simulator import cache
 from simulator.protocol import ConfigValue, Payload, Record, StateDict, Task
@@ -25,8 +24,6 @@ from simulator.stages.attack import CODES, KINDS, MAIN, unit
 from simulator.stages.base import Server, Stage, register
 from simulator.stages.leak import pooled_truth
 from simulator.views import PartyView
-
-GRID_IMAGES = 8
 
 
 def result_unit(adversary: str, attack: str, victim: str) -> str:
@@ -124,12 +121,9 @@ class Score(Stage):
                     decider=None if nets is None else nets.decider,
                     gallery=gallery,
                 )
-                with tempfile.TemporaryDirectory() as tmp:
-                    grid = save_grid(
-                        Path(tmp) / "grid.png", truth[keep], images[keep], n=GRID_IMAGES
-                    ).read_bytes()
                 suffix = "" if variant == MAIN else f"-{variant}"
                 figure = f"attack-{adversary}-{attack}-{victim}-{kind}{suffix}.png"
+                grid = grid_png(truth[keep], images[keep])
                 view.write_figure(re.sub(r"[^A-Za-z0-9_.-]", "_", figure), grid)
             if "support" in arrays and supports is not None:
                 scores |= score_support(torch.from_numpy(arrays["support"]).bool()[keep], supports[keep])
