@@ -203,13 +203,17 @@ def attack_bars(
         ),
     ]
     panels = [p for p in panels if len(p[0])]
-    widths = [max(len(dict.fromkeys(p[0].attack)), 2) for p in panels]
+    # the panels one above the other: side by side, a dozen attacks made a strip too wide to read
+    widest = max(len(dict.fromkeys(p[0].attack)) for p in panels)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(max(7.0, 1.3 * sum(widths) + 2.5), 4.6), width_ratios=widths, squeeze=False
+        len(panels),
+        1,
+        figsize=(min(12.0, max(7.0, 0.8 * widest + 2.5)), 3.9 * len(panels) + 0.9),
+        squeeze=False,
     )
     cmap = plt.get_cmap("tab10")
     colors = {v: cmap(i % 10) for i, v in enumerate(dict.fromkeys(bars.victim))}  # a victim's colour in both
-    for ax, (sub, title, ylabel) in zip(axes[0], panels, strict=True):
+    for ax, (sub, title, ylabel) in zip(axes[:, 0], panels, strict=True):
         attacks = list(dict.fromkeys(sub.attack))
         victims = list(dict.fromkeys(sub.victim))
         width = 0.8 / len(victims)
@@ -242,7 +246,7 @@ def attack_bars(
         if victims == ["codes"] and chance is not None:
             ax.axhline(chance, color="#777", ls="--", lw=1.3, label=f"chance: a random guess ({chance:.2f})")
         ticks = [textwrap.fill(a, 14, break_long_words=False) for a in attacks]
-        ax.set_xticks(np.arange(len(attacks)), ticks, fontsize=7)
+        ax.set_xticks(np.arange(len(attacks)), ticks, fontsize=8)
         pad = max(0.0, (2 - len(attacks)) / 2)  # one attack: a bar of normal width, centred
         ax.set_xlim(-0.6 - pad, len(attacks) - 0.4 + pad)
         ax.set_ylim(min(0.0, float(np.nanmin(sub["mean"]))), 1.05)
@@ -251,13 +255,13 @@ def attack_bars(
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     handles: dict[str, Any] = {}  # one legend under the panels, each entry once
-    for ax in axes[0]:
+    for ax in axes[:, 0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     spread = f"; mean and 95% t-interval over {n_runs} seeds" if n_runs > 1 else " (one seed)"
     fig.suptitle(f"Attack success per attack and victim{spread}", fontsize=11)
-    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(handles) + 1) // 2), 1, 1))
+    fig.tight_layout(rect=(0, (0.35 + 0.2 * ((len(handles) + 1) // 2)) / fig.get_figheight(), 1, 1))
     return save(fig, path, formats)[0]
 
 
@@ -302,8 +306,12 @@ def privacy_utility_plot(
             zorder=2,
         )
     named = points.drop_duplicates("victim", keep="last")  # one name per victim: its protected point's
+    placed: list[tuple[float, float]] = []
     for x, y, victim in zip(named["ssim"], named["top1"], named["victim"], strict=True):
-        ax.annotate(str(victim), (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+        # victims often share a point (C's top-1 is one number): stack their names instead of overprinting
+        near = sum(abs(x - px) < 0.04 and abs(y - py) < 4 for px, py in placed)
+        placed.append((x, y))
+        ax.annotate(str(victim), (x, y), textcoords="offset points", xytext=(8, 6 + 11 * near), fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 105)
     ax.set_xlabel(
