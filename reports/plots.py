@@ -203,23 +203,24 @@ def attack_bars(
         ),
     ]
     panels = [p for p in panels if len(p[0])]
-    # the panels one above the other: side by side, a dozen attacks made a strip too wide to read
-    widest = max(len(dict.fromkeys(p[0].attack)) for p in panels)
+    # Horizontal bars, panels stacked: attack names run to 50 characters, which no x axis holds legibly.
+    rows = [len(dict.fromkeys(p[0].attack)) * max(1, len(dict.fromkeys(p[0].victim))) for p in panels]
     fig, axes = plt.subplots(
         len(panels),
         1,
-        figsize=(min(12.0, max(7.0, 0.8 * widest + 2.5)), 3.9 * len(panels) + 0.9),
+        figsize=(9.0, 0.24 * sum(rows) + 1.1 * len(panels) + 1.2),
+        height_ratios=[r + 3 for r in rows],
         squeeze=False,
     )
     cmap = plt.get_cmap("tab10")
     colors = {v: cmap(i % 10) for i, v in enumerate(dict.fromkeys(bars.victim))}  # a victim's colour in both
-    for ax, (sub, title, ylabel) in zip(axes[:, 0], panels, strict=True):
+    for ax, (sub, title, xlabel) in zip(axes[:, 0], panels, strict=True):
         attacks = list(dict.fromkeys(sub.attack))
         victims = list(dict.fromkeys(sub.victim))
-        width = 0.8 / len(victims)
+        height = 0.8 / len(victims)
         for j, victim in enumerate(victims):
             v = sub[sub.victim == victim].set_index("attack").reindex(attacks)
-            x = np.arange(len(attacks)) - 0.4 + width * (j + 0.5)
+            y = np.arange(len(attacks)) - 0.4 + height * (j + 0.5)
             mean = v["mean"].to_numpy(dtype=float)
             err = None
             if n_runs > 1:  # drawn within the score's range (the table has the interval itself)
@@ -227,33 +228,30 @@ def attack_bars(
                 hi = np.minimum(v["hi"].to_numpy(dtype=float), 1.0)
                 err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
             name = "the data owner's codes" if victim == "codes" else f"victim {victim} (protected features)"
-            ax.bar(x, mean, width * 0.92, yerr=err, capsize=3, color=colors[victim], label=name)
+            ax.barh(y, mean, height * 0.92, xerr=err, capsize=2, color=colors[victim], label=name)
             ref = pd.to_numeric(v["unprotected"], errors="coerce").to_numpy(dtype=float)
             if not np.isnan(ref).all():
-                ax.hlines(
+                ax.vlines(
                     ref,
-                    x - width * 0.46,
-                    x + width * 0.46,
+                    y - height * 0.46,
+                    y + height * 0.46,
                     colors="black",
                     lw=2.5,
                     zorder=3,
                     label="same attack on the victim's unprotected (original) features" if j == 0 else None,
                 )
         if victims != ["codes"] and threshold is not None:
-            ax.axhline(
+            ax.axvline(
                 threshold, color="#d9534f", ls=":", lw=1.3, label=f"verdict: broken above SSIM {threshold:g}"
             )
         if victims == ["codes"] and chance is not None:
-            ax.axhline(chance, color="#777", ls="--", lw=1.3, label=f"chance: a random guess ({chance:.2f})")
-        ticks = [textwrap.fill(a, 14, break_long_words=False) for a in attacks]
-        ax.set_xticks(np.arange(len(attacks)), ticks, fontsize=8)
-        pad = max(0.0, (2 - len(attacks)) / 2)  # one attack: a bar of normal width, centred
-        ax.set_xlim(-0.6 - pad, len(attacks) - 0.4 + pad)
-        ax.set_ylim(min(0.0, float(np.nanmin(sub["mean"]))), 1.05)
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel("attack (adversary: attack)")
+            ax.axvline(chance, color="#777", ls="--", lw=1.3, label=f"chance: a random guess ({chance:.2f})")
+        ax.set_yticks(np.arange(len(attacks)), attacks, fontsize=8)
+        ax.set_ylim(len(attacks) - 0.5, -0.5)  # the first attack on top, as in the table
+        ax.set_xlim(min(0.0, float(np.nanmin(sub["mean"]))), 1.05)
+        ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+        ax.grid(axis="x", alpha=0.3)
     handles: dict[str, Any] = {}  # one legend under the panels, each entry once
     for ax in axes[:, 0]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -261,7 +259,7 @@ def attack_bars(
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     spread = f"; mean and 95% t-interval over {n_runs} seeds" if n_runs > 1 else " (one seed)"
     fig.suptitle(f"Attack success per attack and victim{spread}", fontsize=11)
-    fig.tight_layout(rect=(0, (0.35 + 0.2 * ((len(handles) + 1) // 2)) / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, (0.3 + 0.17 * ((len(handles) + 1) // 2)) / fig.get_figheight(), 1, 1))
     return save(fig, path, formats)[0]
 
 
