@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
-from runs import run_to_check  # bench/runs.py; it also puts the repo on sys.path
+from pick_run import run_to_check  # bench/pick_run.py; it also puts the repo on sys.path
 
 from reports.tables import records, render_report  # noqa: E402
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from runs import ROOT  # bench/runs.py puts the repo on sys.path
+from pick_run import ROOT  # bench/pick_run.py puts the repo on sys.path
 
 from entities.data import TaskData, build_photos, load_dataset  # noqa: E402
 from simulator.schema import load_scenario  # noqa: E402

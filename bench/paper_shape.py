@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 import pandas as pd
-from runs import run_to_check  # bench/runs.py; it also puts the repo on sys.path
+from pick_run import run_to_check  # bench/pick_run.py; it also puts the repo on sys.path
 
 from reports.compare import cells, paired_differences  # noqa: E402
 from reports.runs import CELL, Sweep, load_sweep  # noqa: E402

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from runs import run_to_check  # bench/runs.py; it also puts the repo on sys.path
+from pick_run import run_to_check  # bench/pick_run.py; it also puts the repo on sys.path
 
 from entities import entity as E  # noqa: E402
 from entities.data import load_dataset  # noqa: E402
