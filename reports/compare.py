@@ -137,6 +137,10 @@ def cells(runs: list[Run]) -> pd.DataFrame:
     return out.reset_index()
 
 
+# What a claim's verdict is with one run: a difference, but no interval to judge it by.
+ONE_RUN = "one run: no interval (run with --seeds 0-4 for one)"
+
+
 @dataclass(frozen=True)
 class Difference:
     """A claim's paired difference over runs: per run, then n, mean, SD and the 95% t-interval."""
@@ -162,13 +166,11 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        """'holds' (interval above the threshold), 'does not hold' (below) or 'undecided'."""
+        """'holds' (interval above the threshold), 'does not hold' (below), 'undecided', or ONE_RUN."""
         if not self.judged:
             return "not judged (the claims are on top-1)"
-        if self.n < 2:
-            if math.isnan(self.mean):
-                return "undecided"
-            return "holds (one run)" if self.mean > self.claim.threshold else "does not hold (one run)"
+        if self.n < 2:  # one draw decides nothing either way: say how to get an interval instead
+            return ONE_RUN
         if self.ci_low > self.claim.threshold:
             return "holds"
         if self.ci_high < self.claim.threshold:
@@ -326,7 +328,8 @@ def render_text(sweep: Sweep, vary: list[str] | None = None, out: Path | None = 
     """The text `veil compare` prints (and, for a parameter, the curves it writes under `out`)."""
     runs = sweep.runs
     seeds = ", ".join(str(r.seed) for r in runs)
-    lines = [f"# {runs[0].name}: {len(runs)} runs (seeds {seeds})"]
+    count = f"{len(runs)} runs (seeds {seeds})" if len(runs) > 1 else f"one run (seed {seeds})"
+    lines = [f"# {runs[0].name}: {count}"]
     lines += [f"warning: {w}" for w in environment_warnings(runs)]
     param = parameter(sweep, vary)
     if param is None:
@@ -334,6 +337,8 @@ def render_text(sweep: Sweep, vary: list[str] | None = None, out: Path | None = 
         table = table[~table.metric.str.endswith("_s")]  # wall times are not results
         lines.append(
             f"\nEach cell over {len(runs)} runs: mean, SD and the 95% Student-t interval of the mean"
+            if len(runs) > 1
+            else "\nOne run: each cell is its value (no SD, no interval; --seeds 0-4 gives them)"
         )
         shown = table[[*CELL, "n", "mean", "sd", "ci_low", "ci_high"]].copy()
         shown["row"] = shown["row"].astype(object).where(shown["row"].notna(), "")

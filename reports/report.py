@@ -293,9 +293,15 @@ def section_differences(sweep: Sweep) -> Section | None:
     return Section(
         "differences",
         "Table 5 claims: the paper's claims as paired differences between rows (points)",
-        f"Per seed, the difference between rows of the same run; then mean ± SD over {n} seed(s) and the 95% "
-        "Student-t interval. A claim holds when the interval lies above its threshold, does not hold when it "
-        "lies below, and is undecided otherwise.",
+        (
+            f"Per seed, the difference between rows of the same run; then mean ± SD over {n} seeds and the 95% "
+            "Student-t interval. A claim holds when the interval lies above its threshold, does not hold when "
+            "it lies below, and is undecided otherwise."
+            if n > 1
+            else "The difference between rows of this one run. One run has no interval, so it neither confirms "
+            "nor refutes a claim: a row moves by several points with the seed. For a verdict, run several "
+            "seeds (veil run FILE --seeds 0-4 --report) and read the 95% intervals of the differences."
+        ),
         frame,
         display,
         paper_columns=["paper"],
@@ -478,7 +484,7 @@ def section_attack(stats: Stats, scenario: dict[str, Any], out: Path) -> Section
     return Section(
         "attack",
         "Attack success per attack and victim",
-        "The referee, who holds the truth, scores what each adversary made. On the pooled features: SSIM "
+        "The referee, who has the truth, scores what each adversary made. On the pooled features: SSIM "
         "(data range 1), PSNR (dB) and L1 of the attack's images against the victim's; 'protected' is the "
         "victim's DPM-poisoned features, 'unprotected' its original ones (the same entity without a DPM: in "
         "the plot, the black tick on each bar). On the published codes: the share of the true support "

@@ -348,3 +348,21 @@ def test_paper_shape_judges_a_sweep_on_the_intervals(
     assert ("Table 2 E2: SSIM from poisoned <= 0.1", False) in [(w, ok) for w, ok, _ in table12]  # mean 0.353
     assert paper_shape.main(["--run", str(root)]) == 1
     assert "paper 6.5" in capsys.readouterr().out
+
+
+def test_one_run_gives_no_verdict_on_a_claim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One draw neither confirms nor refutes a claim: the difference, no interval, and how to get one."""
+    run = write_run(tmp_path / "one", SCENARIO, seed_records(0))  # row 7 - 1 = 8 > 5: would "hold"
+    assert main(["compare", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "row 7 - row 1" in out and "one run: no interval" in out and "--seeds" in out
+    assert main(["report", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    for page in ("index.html", "report.md"):
+        text = (run / "report" / page).read_text()
+        assert "one run: no interval" in text, page
+        assert "holds" not in text and "does not hold" not in text, page
+    # three seeds do judge
+    sweep = make_sweep(tmp_path / "sweep", with_spec=False)
+    assert main(["report", str(sweep), "--quiet"]) == 0
+    assert "holds" in (sweep / "report" / "report.md").read_text()
