@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports import attacks, compare
+from reports import attacks, compare, findings
 from reports.paper import (
     AMBIGUATION_PAPER,
     AMBIGUATION_SCALE,
@@ -172,6 +172,44 @@ def _scales(scenario: dict[str, Any]) -> str:
     return f"ours: {backbone} on '{dataset.get('kind', '?')}' at {size} px; paper: {DEEP_POISONING_SCALE}"
 
 
+def section_findings(sweep: Sweep) -> Section | None:
+    """What the run shows, first: each measure beside the one it is judged against, and the difference."""
+    found = [findings.summary(f) for f in findings.findings(sweep.runs)]
+    if not found:
+        return None
+    frame = pd.DataFrame(found)
+    n = len(sweep.runs)
+    display = pd.DataFrame(
+        {
+            "question": frame["question"],
+            "measure": frame["measure"],
+            "ours": [
+                _interval(*v) for v in zip(frame.ours, frame.ours_lo, frame.ours_hi, frame.n, strict=True)
+            ],
+            "against": frame["against"],
+            "theirs": [fmt(v, 3) for v in frame.reference],
+            "difference": [
+                _interval(*v)
+                for v in zip(frame.difference, frame.difference_lo, frame.difference_hi, frame.n, strict=True)
+            ],
+        }
+    )
+    return Section(
+        "findings",
+        "What this run shows",
+        "Each line: what was measured (ours), what it is set against, and the difference. SSIM has data "
+        "range 1 (about 0.5 and above: a person tells the images apart; near 0: nothing left of them). "
+        + (
+            f"Means over {n} seeds; in brackets the 95% t-interval, for the difference paired by seed."
+            if n > 1
+            else "One run: these are one draw, with no interval; a Table 5 row moves by several points with "
+            "the seed. For intervals, run several seeds (veil run FILE --seeds 0-4 --report)."
+        ),
+        frame,
+        display,
+    )
+
+
 def section_table12(stats: Stats, scenario: dict[str, Any], which: str) -> Section | None:
     if which not in stats.tables():
         return None
@@ -294,13 +332,13 @@ def section_differences(sweep: Sweep) -> Section | None:
         "differences",
         "Table 5 claims: the paper's claims as paired differences between rows (points)",
         (
-            f"Per seed, the difference between rows of the same run; then mean ± SD over {n} seeds and the 95% "
-            "Student-t interval. A claim holds when the interval lies above its threshold, does not hold when "
-            "it lies below, and is undecided otherwise."
+            f"Per seed, the difference between rows of the same run; then mean ± SD over {n} seeds and the "
+            "95% Student-t interval. A claim holds when the interval lies above its threshold, does not hold "
+            "when it lies below, and is undecided otherwise."
             if n > 1
-            else "The difference between rows of this one run. One run has no interval, so it neither confirms "
-            "nor refutes a claim: a row moves by several points with the seed. For a verdict, run several "
-            "seeds (veil run FILE --seeds 0-4 --report) and read the 95% intervals of the differences."
+            else "The difference between rows of this one run. One run has no interval, so it neither "
+            "confirms nor refutes a claim: a row moves by several points with the seed. For a verdict, run "
+            "several seeds (veil run FILE --seeds 0-4 --report) and read the differences' 95% intervals."
         ),
         frame,
         display,
@@ -899,6 +937,7 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
     title, facts, stages = header(sweep)
     diffs = compare.paired_differences(sweep.runs, "top1")
     candidates = [
+        section_findings(sweep),
         section_parameter(sweep, out),
         section_table12(stats, scenario, "table1"),
         section_table12(stats, scenario, "table2"),

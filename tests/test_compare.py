@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -366,3 +368,37 @@ def test_one_run_gives_no_verdict_on_a_claim(tmp_path: Path, capsys: pytest.Capt
     sweep = make_sweep(tmp_path / "sweep", with_spec=False)
     assert main(["report", str(sweep), "--quiet"]) == 0
     assert "holds" in (sweep / "report" / "report.md").read_text()
+
+
+def test_findings_pair_each_measure_with_its_reference_by_seed(tmp_path: Path) -> None:
+    from reports.findings import findings, summary
+
+    scenario = copy.deepcopy(SCENARIO) | {"data_owner": {"name": "owner", "k": 16}}
+    root = tmp_path / "sweep"
+    guess = [rec("ambiguation", "random guess", "owner", "ssim_mean", 0.3)]
+    paths = [write_run(root / f"seed-{i}", scenario | {"seed": i}, seed_records(i) + guess) for i in range(3)]
+    runs = load_many(paths).runs
+    got = {(f.what, f.measure): summary(f) for f in findings(runs)}
+
+    r = got[("Does R rebuild images from their features?", "SSIM of R(F(x)), test images")]
+    assert r["ours"] == pytest.approx(0.6) and r["against"] == ""
+    e2 = got[("Does E2's DPM stop R?", "SSIM of R(P(F(x))), E2's DPM")]
+    assert e2["ours"] == pytest.approx((0.5 + 0.55 + 0.01) / 3) and e2["reference"] == pytest.approx(0.6)
+    # the adaptive attack is the best one that is not the paper's shared R, paired with its unprotected run
+    (adaptive,) = [v for (what, _), v in got.items() if what.startswith("Does an attacker")]
+    assert "mallory: known-pairs on E1's poisoned pool" in str(adaptive["measure"])
+    diffs = [-0.4, -0.15, -0.26]
+    half = T975_2 * float(np.std(diffs, ddof=1)) / SQRT3
+    assert adaptive["difference"] == pytest.approx(np.mean(diffs))
+    assert adaptive["difference_lo"] == pytest.approx(np.mean(diffs) - half)
+    codes = got[("Do the keys decode better than a guess?", "SSIM decoded with the keys (k=16)")]
+    assert codes["difference"] == pytest.approx(0.2)
+    lift = got[("Does the pool lift E1?", "top-1 %, row 3 (E1 + E2 poisoned)")]
+    assert lift["difference"] == pytest.approx(7.0)  # rows 3 - 1: 8, 7, 6
+    cost = got[("What does poisoning cost E1?", "top-1 %, row 3 (E1 + E2 poisoned)")]
+    assert cost["difference"] == pytest.approx(9.0)  # rows 3 - 5: 8, 8, 11
+    assert got[("Does the pool lift E2?", "top-1 %, row 4 (E2 + E1 poisoned)")]["difference"] == 9.0
+    # one run: the measure, no interval
+    (one,) = load_many([root / "seed-0"]).runs
+    single = {f.what: summary(f) for f in findings([one])}
+    assert math.isnan(single["Does the pool lift E1?"]["difference_lo"])

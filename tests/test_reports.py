@@ -307,6 +307,12 @@ def test_report_of_a_real_smoke_run(
     assert "figures/attack-eve-decode-as-published-codes-codes.png" in grids
     assert {"figures/codes-owner.png", *(f"figures/table2-{e}.png" for e in entities)} <= set(grids)
     text = (run_dir / "report" / "index.html").read_text()
+    # what the run shows comes first, one question a line, and one run gives no verdict
+    questions = report.column("findings", "question")
+    assert questions[0] == "Does R rebuild images from their features?"
+    assert {f"Does {e}'s DPM stop R?" for e in entities} <= set(questions)
+    assert text.index("What this run shows") < text.index("Table 1")
+    assert "holds" not in text and "does not hold" not in text
     assert html.escape("E1: test images; R from original features; R from DPM-poisoned features") in text
     assert html.escape(
         "owner: originals; authorised; ambiguated as published; random guess; JPEG at the matched rate"
