@@ -2,7 +2,8 @@
 
     entity.py         an entity of Deep Poisoning: pre-train F, C, R; train and measure a private DPM;
                       refine the decider; data.py the datasets (the built-in photos) and partitions;
-                      nets.py F, C, R and the DPM; training.py the one training loop; metrics.py
+                      nets.py F, C, R and the DPM; training.py the one training loop (progress.py its
+                      progress reports); metrics.py
     data_owner.py     the data owner of ambiguated sparse codes and its authorised users; sparse.py the
                       sparsifying autoencoder and ambiguation; keys.py the key file; publication.py what
                       is published; owner_measures.py what the owner measures; codecs.py JPEG

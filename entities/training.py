@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from entities.progress import tracker
 from entities.recipes import Recipe
 from entities.registry import OPTIMIZERS
 
@@ -80,12 +81,13 @@ def fit(
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    net: str = "net",
 ) -> list[float]:
     """Minimise loss_fn over shuffled index batches of n samples for recipe.epochs epochs
     (more when that makes fewer than recipe.min_steps steps).
 
     Cosine learning-rate decay; batches of one sample are skipped (BatchNorm needs two).
-    Returns the mean loss of each epoch.
+    Returns the mean loss of each epoch. `net` names what trains in progress reports (entities.progress).
     """
     params = [p for p in params if p.requires_grad]
     opt = OPTIMIZERS.get(recipe.optimizer)(params, recipe)
@@ -95,9 +97,11 @@ def fit(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     generator = seed_everything(seed)
     history = []
+    progress = tracker(net, epochs * steps_per_epoch, epochs)
     for epoch in range(epochs):
         total, count = 0.0, 0
         for index in batches(n, recipe.batch_size, generator):
+            progress.step(len(index), epoch + 1)
             if len(index) < 2:
                 schedule.step()
                 continue
@@ -111,6 +115,7 @@ def fit(
         history.append(total / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
+    progress.finish()
     sink = _CURVES.get()
     if sink is not None:
         sink.append(list(history))

@@ -14,4 +14,6 @@
                   touch (its private directory, the pool, the public codes, its keys), every read audited
     sealing.py    end-to-end encryption to one party (X25519 + AES-GCM): the server relays ciphertext
     pool.py       the pool of poisoned features; rundir.py the run directory (manifest, results, audit)
+    progress.py   progress inside a stage: each node's progress/<party>.json, the driver's live table,
+                  plain lines and progress.log
 """

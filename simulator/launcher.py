@@ -15,6 +15,7 @@ from types import FrameType
 from rich.console import Console
 
 from simulator.engines import RunFailed, Stopped, audit_now, clear_stop, get_engine, request_stop
+from simulator.progress import watching
 from simulator.rundir import RunDir, RunLock
 from simulator.schema import Scenario
 from simulator.stages import stage_order
@@ -86,7 +87,7 @@ def _simulate(run: RunDir, engine: str, ray_address: str | None) -> None:
     _log(f"run [bold]{run.root}[/] ({engine} engine)")
     t0 = time.monotonic()
     try:
-        with stop_on_signals():
+        with stop_on_signals(), watching(run.root, console):
             get_engine(engine)(run, _log, ray_address)
     except Stopped as err:
         stages = run.manifest()["stages"]
@@ -121,6 +122,7 @@ def resume_run(
         run.drop_torn_audit_line()
         done = [name for name, entry in run.manifest()["stages"].items() if entry.get("status") == "done"]
         audit_now(run, "resume", pid=os.getpid(), stages_done=done)
+        run.record_resume()
         _simulate(run, engine, ray_address)
     return run.root
 

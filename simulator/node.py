@@ -6,17 +6,22 @@ code never sees the run root. What a node loaded stays loaded (simulator.cache).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from entities import progress
 from simulator import roles, sealing
 from simulator.cache import scenario_of
+from simulator.progress import party_task
 from simulator.protocol import Payload, Task
 from simulator.stages import STAGES
 from simulator.views import Forbidden, PartyView
 
 EXPECTED, WROTE = "expected", "wrote"  # the task's and the reply's digest lists (simulator.engines)
+# What a reply says of the node that ran the task, for the manifest (simulator.engines.drive).
+NODE_FACTS = ("node_torch_threads", "node_torch_interop_threads", "node_pid")
 
 
 def hello(root: Path, name: str) -> Payload:
@@ -39,8 +44,14 @@ def handle(root: Path, name: str, task: Task) -> Payload:
     expected = task.payload.config.get(EXPECTED, [])
     digests = dict(str(x).partition("=")[::2] for x in (expected if isinstance(expected, list) else []))
     view = PartyView(root, party, scenario, expected=digests)
-    reply = stage.work(view, task)
+    # what the party is doing, for the driver's display (simulator.progress); a stage may name finer units
+    with party_task(root, name, task.stage, task.key) as sink, progress.reporting(sink):
+        with progress.unit(task.key if task.key != task.stage else ""):
+            reply = stage.work(view, task)
     reply.reads = view.reads + reply.reads
+    # the threads this node really trained with, not the driver's (they differ: a GPU host's driver has 16)
+    facts = (torch.get_num_threads(), torch.get_num_interop_threads(), os.getpid())
+    reply.config.update(zip(NODE_FACTS, facts, strict=True))
     if view.wrote:  # what the party keeps, as digests: the server records them, never the files
         reply.config[WROTE] = [f"{where}={sha}" for where, sha in sorted(view.wrote.items())]
     return reply

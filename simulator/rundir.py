@@ -2,8 +2,11 @@
 
 runs/<scenario>-<timestamp>/
     scenario.yaml          the resolved scenario
-    manifest.json          seed, library versions, hardware, per-stage status and wall times, and the
+    manifest.json          seed, what made the run (version, commit, dirty tree), library versions,
+                           hardware, each node's torch threads, per-stage status and wall times, and the
                            sha256 of every file a resume depends on ("digests")
+    progress/<party>.json  each party's current work, written by its node; progress.log the driver's
+                           plain lines of it (simulator.progress)
     .lock                  flock'd by the one `veil run` writing here: pid, host, start time
     results/<unit>.jsonl   flat records (table, row, label, entity, metric, value), one file per
                            finished unit of work (a stage, or one row of the collaboration table)
@@ -15,8 +18,8 @@ runs/<scenario>-<timestamp>/
     parties/<name>/private/  what only that party may read (0700, files 0600)
     parties/<user>/keys/   the keys issued to an authorised user (0700, files 0600)
 
-Only the server process writes here outside `pool/`, `public/` and `parties/`; those are written by
-the parties through their views (simulator.views).
+Only the server process writes here outside `pool/`, `public/`, `parties/` and `progress/`; those are
+written by the parties through their views (simulator.views), and `progress/` by their nodes.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
+import subprocess
 import time
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,8 @@ from simulator.schema import Scenario, load_scenario
 
 NETS_FILE = "nets.pt"
 LOCK_FILE = ".lock"
+NOT_A_CHECKOUT = "not a git checkout"
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the tree `simulator` was imported from
 SCENARIO_DIGEST = "scenario.yaml"  # the manifest's digest key of the resolved scenario
 NETS_DIGEST = f"shared/{NETS_FILE}"
 
@@ -113,6 +121,57 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def project_version(root: Path = SOURCE_ROOT) -> str:
+    """Veil's version: the source tree's pyproject.toml when it has one (an editable install's metadata
+    keeps the version it was installed with), else the installed distribution's."""
+    try:
+        project = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {})
+        if project.get("name") == "veil" and project.get("version"):
+            return str(project["version"])
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    try:
+        return metadata.version("veil")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git(git: str, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [git, "-C", str(root), *args], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+    )
+
+
+def source_tree(root: Path = SOURCE_ROOT) -> dict[str, Any]:
+    """What made a run: the version, the git commit of the source tree (or NOT_A_CHECKOUT), and whether
+    the work tree had changes not committed (`git status --porcelain`, untracked files included; None
+    when there is no checkout to ask)."""
+    out: dict[str, Any] = {"version": project_version(root), "path": str(root), "commit": NOT_A_CHECKOUT}
+    out["dirty"] = None
+    git = shutil.which("git")
+    if git is None:
+        out["commit"] = "unknown: git is not installed"
+        return out
+    try:
+        inside = _git(git, root, "rev-parse", "--is-inside-work-tree")
+        if inside.returncode != 0:
+            reason = (inside.stderr.strip().splitlines() or [""])[0]
+            if "not a git repository" not in reason:  # e.g. git's "dubious ownership": say so
+                out["commit"] = f"unknown: {reason}"
+            return out
+        # a copy inside some other repository (a venv's site-packages in a checkout) is not its checkout
+        if _git(git, root, "ls-files", "--error-unmatch", "--", "simulator/__init__.py").returncode != 0:
+            return out
+        head = _git(git, root, "rev-parse", "HEAD")
+        status = _git(git, root, "status", "--porcelain")
+    except (OSError, subprocess.TimeoutExpired) as err:
+        out["commit"] = f"unknown: {err}"
+        return out
+    out["commit"] = head.stdout.strip() if head.returncode == 0 else "unknown: no commit yet"
+    out["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return out
+
+
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {
         "machine": platform.machine(),
@@ -133,8 +192,9 @@ def hardware() -> dict[str, Any]:
         return info
     # what decides whether two machines give the same numbers for one seed
     info["torch"] = torch.__version__
-    info["torch_threads"] = torch.get_num_threads()
-    info["torch_interop_threads"] = torch.get_num_interop_threads()
+    # the driver's own threads; each node's, which train, are the manifest's "nodes" (node.handle sets them)
+    info["driver_torch_threads"] = torch.get_num_threads()
+    info["driver_torch_interop_threads"] = torch.get_num_interop_threads()
     info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the SIMD kernels used: AVX2, AVX512...
     info["cuda_version"] = torch.version.cuda  # the CUDA torch was built for; None on a CPU build
     info["cudnn_version"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -194,6 +254,7 @@ class RunDir:
                 "scenario": scenario.name,
                 "seed": scenario.seed,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "source": source_tree(),
                 "versions": library_versions(),
                 "hardware": hardware(),
                 "stages": {},
@@ -225,14 +286,31 @@ class RunDir:
         return bool(self.manifest()["stages"].get(stage, {}).get("status") == "done")
 
     def mark_stage(
-        self, stage: str, *, status: str, wall_s: float, digests: dict[str, str] | None = None, **extra: Any
+        self,
+        stage: str,
+        *,
+        status: str,
+        wall_s: float,
+        digests: dict[str, str] | None = None,
+        nodes: dict[str, dict[str, int]] | None = None,
+        **extra: Any,
     ) -> None:
-        """Record a stage's status, and the digests of the files it left (in the same atomic write)."""
+        """Record a stage's status, the digests of the files it left, and what each party's node reported
+        of itself (torch threads, pid; the latest report wins), in the same atomic write."""
         data = self.manifest()
         entry = data["stages"].setdefault(stage, {})
         entry.update(status=status, wall_s=round(wall_s, 3), at=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)
         if digests:
             data.setdefault("digests", {}).update(digests)
+        for party, facts in (nodes or {}).items():
+            data.setdefault("nodes", {}).setdefault(party, {}).update(facts)
+        self._write_manifest(data)
+
+    def record_resume(self) -> None:
+        """A resumed attempt may run other code than the first: its source tree, beside the first's."""
+        data = self.manifest()
+        attempt = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source_tree()}
+        data.setdefault("resumed", []).append(attempt)
         self._write_manifest(data)
 
     def digests(self) -> dict[str, str]:

@@ -241,8 +241,10 @@ def test_audit_shows_keys_crossed_only_sealed(smoke_run: Path) -> None:
             assert not re.search("key|support|code", name, re.IGNORECASE), event
             if record["kind"] == "config" and event["type"] in owner_stages:
                 # which stage and party, and the users' public keys to seal to: nothing else
-                # (and the digests of files a party wrote or expects: never their content)
+                # (and the digests of files a party wrote or expects: never their content; and what the
+                # node says of itself: its torch threads and pid)
                 allowed = {"run_dir", "stage", "party", "key", "users", "public_keys", "expected", "wrote"}
+                allowed |= set(node.NODE_FACTS)
                 assert set(record["keys"]) <= allowed, event
             if record["kind"] == "sealed":  # keys travel sealed: from the owner, to their user
                 assert (event["type"], event["sender"]) in {

@@ -609,7 +609,7 @@ def test_manifest_records_what_decides_cross_machine_results(tmp_path):
     run = RunDir.create(load_scenario(path), tmp_path / "runs")
     hw = run.manifest()["hardware"]
     assert hw["torch"] == torch.__version__
-    assert hw["torch_threads"] == torch.get_num_threads() >= 1
+    assert hw["driver_torch_threads"] == torch.get_num_threads() >= 1  # the nodes': manifest["nodes"]
     assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert hw["cuda_version"] == torch.version.cuda
     assert "cudnn_version" in hw

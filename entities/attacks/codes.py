@@ -16,6 +16,7 @@ from torch import nn
 from entities import sparse
 from entities.attacks.base import Attack, AttackResult, Knowledge, register_attack
 from entities.attacks.decoders import as_float
+from entities.progress import tracker
 from entities.training import apply, device, seed_everything
 
 
@@ -248,6 +249,7 @@ class SupportDetector(Attack):
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         normed = (feats - mean) / std
         losses = []
+        progress = tracker("support detector", self.steps)
         for _ in range(self.steps):
             i = torch.randint(len(normed), (min(self.batch_size, len(normed)),), generator=generator)
             loss = nn.functional.binary_cross_entropy_with_logits(
@@ -257,6 +259,8 @@ class SupportDetector(Attack):
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            progress.step(len(i))
+        progress.finish()
         net.eval()
         with torch.no_grad():
             train_logits = apply(lambda f: net(f.to(dev)).squeeze(1), normed, batch_size=8192)

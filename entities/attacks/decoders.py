@@ -135,9 +135,10 @@ def train_decoder(
     *,
     seed: int,
     factor: int | None = None,
+    net: str = "decoder",
 ) -> tuple[Decoder, list[float]]:
     """A fresh Decoder fitted with L1 from features to images (both on the CPU). Returns it (eval, CPU)
-    and its per-epoch training loss."""
+    and its per-epoch training loss; `net` names it in progress reports."""
     dev = device()
     torch.manual_seed(seed)
     decoder = Decoder(features.shape[1], factor or factor_of(images, features), shape).to(dev).train()
@@ -146,7 +147,7 @@ def train_decoder(
         out = decoder(features[index].float().to(dev))
         return (out - images[index].to(dev)).abs().mean()
 
-    history = fit(decoder.parameters(), recipe=training, n=len(features), loss_fn=loss, seed=seed)
+    history = fit(decoder.parameters(), recipe=training, n=len(features), loss_fn=loss, seed=seed, net=net)
     return decoder.eval().cpu(), history
 
 

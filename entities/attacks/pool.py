@@ -30,6 +30,7 @@ from entities.attacks.decoders import (
 )
 from entities.entity import SharedNets, featurize, train_dpm
 from entities.nets import ResidualBlock
+from entities.progress import tracker
 from entities.training import apply, batches, device, seed_everything
 
 
@@ -143,6 +144,7 @@ class ReconstructorFamily(Attack):
                 shapes[name],
                 _training(rec, self.epochs, self.min_steps),
                 seed=self.seed + i,
+                net=f"decoder ({name})",
             )
             val = heldout_l1(decoder, feats[held], x[held]) if len(held) else history[-1]
             out[name] = (decoder, history[-1], val)
@@ -348,6 +350,7 @@ class FeatureAlignment(Attack):
         b = min(self.batch_size, len(feats), len(target))
         last: dict[str, float] = {}
         aligner.train(), decoder.train()
+        progress = tracker("aligner", self.steps)
         for _ in range(self.steps):
             i = torch.randint(len(feats), (b,), generator=generator)
             j = torch.randint(len(target), (b,), generator=generator)
@@ -377,15 +380,20 @@ class FeatureAlignment(Attack):
                 "label_kl": float(label.detach()),
                 "joint_l1": float(rec.detach()),
             }
+            progress.step(b)
+        progress.finish()
         aligner.eval()
         aligned = apply(lambda f: aligner(f.to(dev)), feats)
         # refine the decoder on the fixed aligned features
         decoder.train()
         dopt = torch.optim.Adam(decoder.parameters(), lr=self.lr)
         total = 0.0
-        for _ in range(self.decoder_epochs):
+        steps = self.decoder_epochs * -(-len(aligned) // self.batch_size)
+        progress = tracker("decoder", steps, self.decoder_epochs)
+        for epoch in range(self.decoder_epochs):
             total, count = 0.0, 0
             for index in batches(len(aligned), self.batch_size, generator):
+                progress.step(len(index), epoch + 1)
                 if len(index) < 2:
                     continue
                 l1 = (decoder(aligned[index].to(dev)) - x[index].to(dev)).abs().mean()
@@ -394,6 +402,7 @@ class FeatureAlignment(Attack):
                 dopt.step()
                 total, count = total + float(l1.detach()) * len(index), count + len(index)
             total /= max(count, 1)
+        progress.finish()
         last["decoder_l1"] = total
         with torch.no_grad():
             k = _kernel(torch.cat([aligned[:256].flatten(1), target[:256].flatten(1)]), MMD_SCALES)
@@ -449,6 +458,7 @@ class KnownPairsAttack(Attack):
                 Shape(width=self.width, output="sigmoid"),
                 recipe(self.epochs, batch_size=min(32, max(2, n)), min_steps=self.min_steps),
                 seed=self.seed,
+                net=f"decoder (N={n})",
             )
             variants[f"N={n}"] = AttackResult(
                 images=decode(decoder, pooled),

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from entities.registry import Registry
 from simulator import roles
-from simulator.node import EXPECTED, WROTE
+from simulator.node import EXPECTED, NODE_FACTS, WROTE
 from simulator.pool import Pool, PoolError
 from simulator.protocol import Payload, Record, Task
 from simulator.rundir import RunDir
@@ -117,9 +117,12 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
         order = {id(task): i for i, task in enumerate(tasks)}
         collected: dict[int, list[Record]] = {}
         digests: dict[str, str] = {}
+        nodes: dict[str, dict[str, int]] = {}
 
         def on_reply(task: Task, reply: Payload) -> None:
             digests.update(audit_reply(server, task, reply))  # noqa: B023 - within this iteration
+            if facts := node_facts(reply):
+                nodes[task.party] = facts  # noqa: B023 - within this iteration
             server.records = []
             stage.collect(server, task, reply)  # noqa: B023 - called within this iteration only
             collected[order[id(task)]] = server.records  # noqa: B023
@@ -134,8 +137,18 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
         stage.finish(server)
         wall = time.monotonic() - t0
         run.sync_audit()  # the stage's audit lines are on disk before the stage is marked done
-        run.mark_stage(stage.name, status="done", wall_s=wall, digests=digests)
+        run.mark_stage(stage.name, status="done", wall_s=wall, digests=digests, nodes=nodes)
         log(f"[bold]{stage.name}[/]: finished in {wall:.1f} s")
+
+
+def node_facts(reply: Payload) -> dict[str, int]:
+    """What a reply says of the node that ran it (simulator.node.NODE_FACTS): torch's threads, its pid."""
+    out = {}
+    for key in NODE_FACTS:
+        value = reply.config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[key.removeprefix("node_")] = value
+    return out
 
 
 def audit_now(run: RunDir, event_type: str, **fields: object) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from entities import attacks as A
-from entities import threats
+from entities import progress, threats
 from entities.attacks.decoders import as_float
 from entities.keys import unpack_key_file
 from simulator import cache, sealing
@@ -152,7 +152,8 @@ class Attack(Stage):
                         index, images = pairs[victim]
                         known = A.KnownPairs(as_float(images), pooled.features[index], index)
                         k.known_pairs = {victim: known}
-                result = attack.run(k, victim)
+                with progress.unit(f"{name} on {victim} ({KINDS.get(kind, kind)})"):
+                    result = attack.run(k, victim)
                 for variant, r in _entries(result).items():
                     entry: dict[str, np.ndarray] = {}
                     if r.images is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from entities import data_owner as D
 from entities import entity as E
+from entities import progress
 from entities.grids import grid_png
 from entities.keys import KEY_FILE
 from entities.owner_measures import measure_owner
@@ -60,7 +61,8 @@ class Codes(Stage):
             )
             for user, key in outcome.keys.items()
         ]
-        measured = measure_owner(owner, outcome.codes, seed=seed)
+        with progress.unit("measuring the codes"):
+            measured = measure_owner(owner, outcome.codes, seed=seed)
         records = [
             Record(r["table"], None, r["label"], view.name, r["metric"], float(r["value"]))
             for r in measured.records

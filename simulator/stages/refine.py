@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from entities import entity as E
+from entities import progress
 from entities.registry import SOURCES
 from entities.training import recording
 from simulator import cache
@@ -85,7 +86,7 @@ class Refine(Stage):
         nets = None if row.trains_from_raw else cache.shared_nets(view, task.payload.arrays)
         parts = [SOURCES.get(x.kind)(view, x, nets) for x in sources]
         number = int(task.payload.number("row")) + 1
-        with recording() as curves:
+        with recording() as curves, progress.unit(f"row {number}: {row.label}"):
             if row.trains_from_raw:
                 assert s.pretrain is not None
                 images = np.concatenate([p[0] for p in parts])
