@@ -26,8 +26,8 @@ ENVIRONMENT = (
     ("versions", "torch"),
     ("hardware", "machine"),
     ("hardware", "cuda"),
-    ("hardware", "torch_threads"),
-    ("hardware", "torch_interop_threads"),
+    ("nodes", "torch_threads"),  # what each party's node used (the driver's own count says little)
+    ("nodes", "torch_interop_threads"),
     ("hardware", "cpu_capability"),
     ("hardware", "cuda_version"),
     ("hardware", "cudnn_version"),
@@ -89,7 +89,11 @@ def environment_warnings(runs: list[Run]) -> list[str]:
     for section, key in ENVIRONMENT:
         seen: dict[str, list[str]] = {}
         for r in runs:
-            value = (r.manifest.get(section) or {}).get(key)
+            found = r.manifest.get(section) or {}
+            if section == "nodes":  # one entry per party: the values the parties used
+                value: Any = sorted({repr((n or {}).get(key)) for n in found.values()}) if found else None
+            else:
+                value = found.get(key)
             seen.setdefault(repr(value), []).append(r.path.name)
         if len(seen) > 1:
             parts = "; ".join(f"{v} in {', '.join(names)}" for v, names in seen.items())

@@ -122,8 +122,8 @@ def _adaptive_attacks(runs: list[Run]) -> list[Finding]:
             out.append(
                 Finding(
                     f"Does an attacker that adapts get through {victim}'s DPM?",
-                    f"SSIM of {name} on {victim}'s {SHARDS['protected']} pool",
-                    f"on {victim}'s {SHARDS['unprotected']} features",
+                    f"SSIM, {name}, {SHARDS['protected']} pool",
+                    f"{SHARDS['unprotected']} features",
                     a,
                     b,
                 )
@@ -163,9 +163,9 @@ def _collaboration(runs: list[Run]) -> list[Finding]:
             continue
         alone = where.get((entity, ("own:raw",)))
         original = where.get((entity, tuple(str(d).replace("poisoned:", "original:") for d in data)))
-        for base, what, against in (
-            (alone, f"Does the pool lift {entity}?", "alone"),
-            (original, f"What does poisoning cost {entity}?", "with original features instead"),
+        for base, what in (
+            (alone, f"Does the pool lift {entity}?"),
+            (original, f"What does poisoning cost {entity}?"),
         ):
             if base is None:
                 continue
@@ -179,7 +179,7 @@ def _collaboration(runs: list[Run]) -> list[Finding]:
                     Finding(
                         what,
                         f"top-1 %, row {i} ({row['label']})",
-                        f"row {base} ({rows[base - 1]['label']}, {against})",
+                        f"row {base} ({rows[base - 1]['label']})",
                         a,
                         b,
                     )

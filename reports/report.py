@@ -182,12 +182,12 @@ def section_findings(sweep: Sweep) -> Section | None:
     display = pd.DataFrame(
         {
             "question": frame["question"],
-            "measure": frame["measure"],
-            "ours": [
+            "measured": frame["measure"],
+            "value": [
                 _interval(*v) for v in zip(frame.ours, frame.ours_lo, frame.ours_hi, frame.n, strict=True)
             ],
             "against": frame["against"],
-            "theirs": [fmt(v, 3) for v in frame.reference],
+            "its value": [fmt(v, 3) for v in frame.reference],
             "difference": [
                 _interval(*v)
                 for v in zip(frame.difference, frame.difference_lo, frame.difference_hi, frame.n, strict=True)
@@ -197,7 +197,8 @@ def section_findings(sweep: Sweep) -> Section | None:
     return Section(
         "findings",
         "What this run shows",
-        "Each line: what was measured (ours), what it is set against, and the difference. SSIM has data "
+        "Each line: a question, what was measured to answer it and its value, what that is set against, and "
+        "the difference. SSIM has data "
         "range 1 (about 0.5 and above: a person tells the images apart; near 0: nothing left of them). "
         + (
             f"Means over {n} seeds; in brackets the 95% t-interval, for the difference paired by seed."

@@ -262,26 +262,27 @@ def test_runs_mixing_threads_cpu_kernels_cudnn_or_determinism_are_warned_about(
     runs = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
     settings = [
         {
-            "torch_threads": 2,
             "cpu_capability": "AVX2",
             "cudnn_version": None,
             "deterministic_algorithms": False,
         },
         {
-            "torch_threads": 4,
             "cpu_capability": "AVX512",
             "cudnn_version": 90100,
             "deterministic_algorithms": True,
         },
     ]
-    for run, extra in zip(runs, settings + [settings[0]] * (len(runs) - 2), strict=True):
+    threads = [1, 2] + [1] * (len(runs) - 2)  # what each run's nodes used, as they reported it
+    for run, extra, n in zip(runs, settings + [settings[0]] * (len(runs) - 2), threads, strict=True):
         manifest = json.loads((run / "manifest.json").read_text())
         manifest["hardware"].update(extra)
+        manifest["nodes"] = {"E1": {"torch_threads": n}, "E2": {"torch_threads": 1}}
         (run / "manifest.json").write_text(json.dumps(manifest))
     assert main(["compare", str(root)]) == 0
     out = capsys.readouterr().out
-    for field in ("torch_threads", "cpu_capability", "cudnn_version", "deterministic_algorithms"):
+    for field in ("cpu_capability", "cudnn_version", "deterministic_algorithms"):
         assert f"warning: hardware.{field} differs" in out, field
+    assert "warning: nodes.torch_threads differs" in out
     assert "AVX512" in out and runs[1].name in out
 
 
@@ -386,7 +387,8 @@ def test_findings_pair_each_measure_with_its_reference_by_seed(tmp_path: Path) -
     assert e2["ours"] == pytest.approx((0.5 + 0.55 + 0.01) / 3) and e2["reference"] == pytest.approx(0.6)
     # the adaptive attack is the best one that is not the paper's shared R, paired with its unprotected run
     (adaptive,) = [v for (what, _), v in got.items() if what.startswith("Does an attacker")]
-    assert "mallory: known-pairs on E1's poisoned pool" in str(adaptive["measure"])
+    assert adaptive["measure"] == "SSIM, mallory: known-pairs, poisoned pool"
+    assert "E1" in str(adaptive["question"])
     diffs = [-0.4, -0.15, -0.26]
     half = T975_2 * float(np.std(diffs, ddof=1)) / SQRT3
     assert adaptive["difference"] == pytest.approx(np.mean(diffs))
