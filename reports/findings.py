@@ -198,8 +198,8 @@ def summary(f: Finding) -> dict[str, float | int | str]:
     """Numbers for a table line: n, the measure's and reference's means and the paired difference's
     mean and 95% interval (NaN where one run leaves no interval)."""
     n, mean, _, lo, hi = t_interval(f.ours)
-    _, ref, _, _, _ = t_interval(f.reference) if f.reference else (0, math.nan, 0, 0, 0)
-    _, diff, _, dlo, dhi = t_interval(f.differences) if f.reference else (0, math.nan, 0, math.nan, math.nan)
+    _, ref, _, _, _ = t_interval(f.reference)  # empty for a measure alone: NaN
+    _, diff, _, dlo, dhi = t_interval(f.differences)
     return {
         "question": f.what,
         "measure": f.measure,

@@ -198,8 +198,8 @@ def section_findings(sweep: Sweep) -> Section | None:
         "findings",
         "What this run shows",
         "Each line: a question, what was measured to answer it and its value, what that is set against, and "
-        "the difference. SSIM has data "
-        "range 1 (about 0.5 and above: a person tells the images apart; near 0: nothing left of them). "
+        "the difference. SSIM has data range 1 (about 0.5 and above: a person tells the images apart; near "
+        "0: nothing left of them). "
         + (
             f"Means over {n} seeds; in brackets the 95% t-interval, for the difference paired by seed."
             if n > 1
