@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from pick_run import ROOT  # bench/pick_run.py puts the repo on sys.path
 
-from entities.data import TaskData, build_photos, load_dataset  # noqa: E402
+from entities.datasets import TaskData, load_dataset  # noqa: E402
+from entities.datasets.photos import build_photos  # noqa: E402
 from simulator.schema import load_scenario  # noqa: E402
 
 COLLAB = load_scenario(ROOT / "scenarios" / "collab-10-1.yaml")

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from entities.data import load_dataset  # noqa: E402
+from entities.datasets import load_dataset  # noqa: E402
 from simulator import cache  # noqa: E402
 from simulator.roles import Party, Role  # noqa: E402
 from simulator.rundir import RunDir  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 from pick_run import run_to_check  # bench/pick_run.py; it also puts the repo on sys.path
 
 from entities import entity as E  # noqa: E402
-from entities.data import load_dataset  # noqa: E402
+from entities.datasets import load_dataset  # noqa: E402
 from entities.metrics import accuracy  # noqa: E402
 from simulator.pool import Pool  # noqa: E402
 from simulator.rundir import RunDir  # noqa: E402

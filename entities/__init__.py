@@ -1,7 +1,8 @@
 """Who takes part and what each does and knows, as plain torch code; imports neither simulator nor flwr.
 
     entity.py         an entity of Deep Poisoning: pre-train F, C, R; train and measure a private DPM;
-                      refine the decider; data.py the datasets (the built-in photos) and partitions;
+                      refine the decider; datasets/ the dataset kinds (a registry, one module
+                      each), data.py the partitions among entities;
                       nets.py F, C, R and the DPM; training.py the one training loop (progress.py its
                       progress reports); metrics.py
     data_owner.py     the data owner of ambiguated sparse codes and its authorised users; sparse.py the

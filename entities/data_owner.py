@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from entities import sparse
-from entities.data import TaskData, load_dataset, to_float
+from entities.data import to_float
+from entities.datasets import TaskData, load_dataset
 from entities.keys import pack_key_file, unpack_key_file
 from entities.publication import CODES_FILE, Publication, autoencoder_config, publish
 from entities.sparse import KeyFormatError, SparsifyingAutoencoder

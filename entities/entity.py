@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from entities import data as datasets
+from entities import data, datasets
 from entities.metrics import accuracy, distillation, l1, ssim
 from entities.nets import DPM, build_classifier, build_reconstructor, feature_shape
 from entities.recipes import BackboneSpec, DPMRecipe, DPMShape, Recipe, ReconstructorSpec, RefineRecipe
@@ -32,7 +32,7 @@ def derive_seed(base: int, *parts: object) -> int:
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
-    return datasets.to_float(np.asarray(images))
+    return data.to_float(np.asarray(images))
 
 
 def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

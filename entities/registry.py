@@ -12,7 +12,10 @@ checks that every declared name has an implementation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from entities.datasets.base import DatasetKind
 
 T = TypeVar("T")
 
@@ -28,6 +31,7 @@ class Registry(Generic[T]):
         self.family = family
         self.declared = names  # None: open family (stages, attacks): any name may register
         self._items: dict[str, T] = {}
+        self._listeners: list[Callable[[str, T], None]] = []
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -42,9 +46,16 @@ class Registry(Generic[T]):
             if name in self._items and self._items[name] is not item:
                 raise ValueError(f"{self.family} {name!r} is registered twice")
             self._items[name] = item
+            for listener in self._listeners:
+                listener(name, item)
             return item
 
         return add
+
+    def on_register(self, listener: Callable[[str, T], None]) -> None:
+        """Call `listener(name, item)` for every later registration (the schema rebuilds its dataset union
+        when a kind registers after it was built, e.g. in a test module)."""
+        self._listeners.append(listener)
 
     def get(self, name: str) -> T:
         try:
@@ -67,7 +78,9 @@ class Registry(Generic[T]):
 Factory = Callable[..., Any]
 
 # The declared families: every scenario choice among implementations comes from one of these.
-DATASETS: Registry[Factory] = Registry("dataset kind", ("photos", "image_folder"))
+# Open: a dataset kind is one module under entities/datasets/ (its section and loader), and registering
+# it is all it takes.
+DATASETS: Registry[type[DatasetKind[Any]]] = Registry("dataset kind")
 OPTIMIZERS: Registry[Factory] = Registry("optimizer", ("sgd", "adam"))
 OBJECTIVES: Registry[Factory] = Registry("DPM objective", ("ce", "distill"))
 SAMPLERS: Registry[Factory] = Registry("fake-value sampler", ("ctg", "empirical"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from entities import entity as E
-from entities.data import TaskData, load_dataset
+from entities.datasets import TaskData, load_dataset
 from simulator.protocol import Read, StateDict, state_sha256
 from simulator.schema import Scenario, load_scenario
 from simulator.views import PartyView

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from simulator.preflight import check_scenario_unchanged, check_writable
+from simulator.preflight import check_dataset, check_scenario_unchanged, check_writable
 from simulator.schema import Problem, ScenarioError, load_scenario
 
 EXIT_INVALID = 2
@@ -16,6 +16,8 @@ EXIT_INVALID = 2
 def _validate(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.file, args.set)
+        if not args.schema_only:
+            check_dataset(scenario)
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
@@ -91,6 +93,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
             plan = plan_sweep(args.file, args.set, parse_seeds(args.seeds) if args.seeds else None)
+            checked: set[str] = set()
+            for planned in plan.runs:  # each distinct dataset once: a sweep over seeds reads one
+                key = planned.scenario.dataset.model_dump_json() + str(planned.scenario.task_seed)
+                if key not in checked:
+                    check_dataset(planned.scenario)
+                    checked.add(key)
             out = Path(args.out)
             if out.exists() and not out.is_dir():
                 raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
@@ -136,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
             scenario = load_scenario(args.file, args.set)
+            check_dataset(scenario)
             out = Path(args.out)
             if out.exists() and not out.is_dir():
                 raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
@@ -256,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a scenario and print it resolved, or every error at once")
     p.add_argument("file")
     _add_overrides(p)
+    p.add_argument(
+        "--schema-only", action="store_true", help="check the file alone, not the dataset's files on disk"
+    )
     p.set_defaults(func=_validate)
 
     p = sub.add_parser(

@@ -1,5 +1,6 @@
-"""Checks `veil run` makes before torch loads and before anything is trained: the output can take a run's
-files, and a run to resume still has the scenario it started with. No torch, no flwr."""
+"""Checks `veil run` makes before torch loads and before anything is trained: the dataset's files are there
+in their kind's layout, the output can take a run's files, and a run to resume still has the scenario it
+started with. No torch, no flwr."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from simulator.schema import Problem, ScenarioError
+from entities.datasets import DatasetError, kind_of
+from simulator.schema import MIN_TRAIN_IMAGES, Problem, Scenario, ScenarioError
 
 MIN_FREE_MB = 200  # below this much free space (VEIL_MIN_FREE_MB) a run does not start
 
@@ -54,3 +56,34 @@ def check_scenario_unchanged(root: Path) -> None:
             "a resumed run keeps the scenario it started with: start a new run for the new one",
         )
         raise ScenarioError(str(path), [problem])
+
+
+def check_dataset(scenario: Scenario) -> None:
+    """Raise ScenarioError when the dataset's files are not where the section says, or not in its kind's
+    layout, or hold too few images for the entities: the path and the layout expected, before any training
+    and before anything is written."""
+    section = scenario.dataset
+    try:
+        kind = kind_of(section)
+        kind.check(section)
+        data = kind.load(section, seed=scenario.task_seed)
+    except DatasetError as err:
+        problem = Problem("dataset", f"{err.problem}; expected {err.expected}")
+        raise ScenarioError(err.path, [problem]) from None
+    problems = []
+    for name in ("task_train", "task_test", "public_train"):
+        if len(getattr(data, name)) == 0:
+            problems.append(Problem("dataset", f"the {name} split holds no images"))
+    n = len(data.task_train)
+    for i, entity in enumerate(scenario.entities):
+        got = max(1, round(entity.fraction * n))
+        if got < MIN_TRAIN_IMAGES:
+            problems.append(
+                Problem(
+                    f"entities[{i}].fraction",
+                    f"{entity.fraction:g} of the {n} training images is {got}; expected at least "
+                    f"{MIN_TRAIN_IMAGES} per entity (a batch of one cannot train: BatchNorm needs two)",
+                )
+            )
+    if problems:
+        raise ScenarioError(str(getattr(section, "root", section.kind)), problems)

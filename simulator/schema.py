@@ -19,64 +19,19 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from entities import registry, threats
+from entities.datasets import DatasetSection
+from entities.datasets.photos import PhotosDataset
+from entities.strict import Boolean, Strict
 from simulator.yamlio import YamlRefused, decode, loads
 
 SCHEMA_VERSION: Final = 1
-
-
-def _number_shape(annotation: Any) -> str | None:
-    """'one' for a number field (int, float, Literal[1], optionally None), 'list' for a list of numbers."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation in (int, float):
-        return "one"
-    if origin is Literal:
-        return "one" if any(type(a) in (int, float) for a in args) else None
-    if origin is list and args and args[0] in (int, float):
-        return "list"
-    if args and origin is not list:  # a union: int | None
-        shapes = {_number_shape(a) for a in args if a is not type(None)}
-        return "one" if shapes == {"one"} else None
-    return None
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, data: Any) -> Any:
-        """YAML's true/false are not numbers, though pydantic alone reads `epochs: true` as 1: each one
-        given for a number is swapped for a stand-in that fails validation where it stands."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for name, field in cls.model_fields.items():
-            key = field.alias if field.alias in data else name
-            shape = _number_shape(field.annotation) if key in data else None
-            value = data.get(key)
-            if shape == "one" and isinstance(value, bool):
-                out[key] = Boolean(value)
-            elif shape == "list" and isinstance(value, list):
-                out[key] = [Boolean(v) if isinstance(v, bool) else v for v in value]
-        return out
-
-
-class Boolean:
-    """A YAML true/false where a number is expected: no number validates it, and the error says so."""
-
-    def __init__(self, value: bool):
-        self.value = value
-
-    def __repr__(self) -> str:
-        return str(self.value).lower()
 
 
 def one_of(family: registry.Registry[Any]) -> AfterValidator:
@@ -98,60 +53,16 @@ Sampler = Annotated[str, one_of(registry.SAMPLERS)]
 # --- data ---------------------------------------------------------------------------------
 
 
-class PhotosDataset(Strict):
-    """Patches of the photographs scikit-image ships; class = source photo.
-
-    Task classes (D_p) and public classes (D_q) are disjoint photos; train and test patches
-    come from disjoint regions of each photo.
-    """
-
-    kind: Literal["photos"] = "photos"
-    patch: int = Field(32, ge=16, le=128, description="patch side in pixels")
-    task_classes: int = Field(12, description="photos that form the task set D_p")
-    public_classes: int = Field(6, ge=1, description="other photos that form the public set D_q")
-    train_per_class: int = Field(400, ge=1)
-    test_per_class: int = Field(100, ge=1)
-    public_per_class: int | None = Field(
-        None, ge=1, description="training patches per public class (D_q); default train_per_class"
-    )
-    layout: Literal["halves", "tiles"] = Field(
-        "halves", description="train/test regions of each photo: two halves, or interleaved tiles"
-    )
-    jitter: float = Field(
-        0.0, ge=0, le=1, description="per-patch contrast/brightness/colour changes (see entities.data.jitter)"
-    )
-    seed: int | None = Field(
-        None,
-        description="chooses the task: which photos, which patches, the partitions (default: the run seed)",
-    )
-
-    @property
-    def side(self) -> int:
-        return self.patch
-
-    @field_validator("task_classes")
-    @classmethod
-    def _top5_needs_five(cls, value: int) -> int:
-        if value < 5:
-            raise ValueError(f"got {value}; expected at least 5 (top-5 accuracy is reported)")
-        return value
+def _dataset_union() -> Any:
+    """The `dataset:` section: one model per registered kind, chosen by `kind` (entities.datasets)."""
+    sections = tuple(kind.section for _, kind in registry.DATASETS.items())
+    return Annotated[typing.Union[sections], Field(discriminator="kind")]  # noqa: UP007 (built at run time)
 
 
-class ImageFolderDataset(Strict):
-    """A local copy of a folder dataset (ImageNet, CelebA): root/<split>/<class>/<image>."""
-
-    kind: Literal["image_folder"]
-    root: Path
-    image_size: int = Field(224, ge=16)
-    public_fraction: float = Field(0.5, gt=0, lt=1, description="share of classes that form D_q")
-    seed: int | None = Field(None, description="chooses the task split (default: the run seed)")
-
-    @property
-    def side(self) -> int:
-        return self.image_size
-
-
-Dataset = Annotated[PhotosDataset | ImageFolderDataset, Field(discriminator="kind")]
+if typing.TYPE_CHECKING:
+    Dataset = DatasetSection  # what code may rely on; the schema validates the kind's own section
+else:
+    Dataset = _dataset_union()
 
 
 # --- nets ---------------------------------------------------------------------------------
@@ -472,13 +383,41 @@ class ScenarioError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
-DATASETS: dict[str, type[BaseModel]] = {"photos": PhotosDataset, "image_folder": ImageFolderDataset}
+def _rebuild(name: str, kind: Any) -> None:
+    """A kind registered after this module loaded (a test's): the scenario's union takes it in."""
+    Scenario.model_fields["dataset"] = FieldInfo.from_annotated_attribute(_dataset_union(), PhotosDataset())
+    Scenario.model_rebuild(force=True)
+
+
+registry.DATASETS.on_register(_rebuild)
+
+
+def _valid_dataset(raw: object) -> DatasetSection | None:
+    """The `dataset:` section as its kind's model, or None when it does not validate (the structural
+    pass reports why)."""
+    raw = raw if isinstance(raw, dict) else {}
+    model = _section(raw.get("kind", "photos"))
+    if model is None:
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _section(kind: object) -> type[DatasetSection] | None:
+    """The section model of a dataset kind, if one is registered under that name."""
+    return (
+        registry.DATASETS.get(kind).section if isinstance(kind, str) and kind in registry.DATASETS else None
+    )
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """`loc` without the union tag pydantic inserts after `dataset` (dataset.photos.patch)."""
-    if len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
+    if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
         return loc[:1] + loc[2:]
     return loc
 
@@ -497,8 +436,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the mapping at `loc` (a pydantic loc, tag included),
     to suggest close field names."""
     model: Any = Scenario
-    if len(loc) > 1 and loc[0] == "dataset" and loc[1] in DATASETS:
-        model, loc = DATASETS[loc[1]], loc[2:]
+    if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
+        model, loc = _section(loc[1]), loc[2:]
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
@@ -534,7 +473,7 @@ def _structural_problems(err: ValidationError) -> list[Problem]:
         elif e["type"] in ("union_tag_not_found", "union_tag_invalid"):
             loc = (*loc, "kind")
             got = f"got {e['ctx']['tag']!r}" if e["type"] == "union_tag_invalid" else "missing"
-            msg = f"{got}; expected one of: {', '.join(map(repr, DATASETS))}"
+            msg = f"{got}; expected one of: {', '.join(map(repr, registry.DATASETS.names))}"
         elif isinstance(e.get("input"), Boolean):
             msg = f"got {e['input']!r}; expected a number, not true/false"
         elif e["type"] == "value_error" and "error" in e.get("ctx", {}):
@@ -685,14 +624,9 @@ def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
                 Problem(f"{at}.image_size", f"{size} is not divisible by the product of the strides ({down})")
             )
 
-    dataset = data.get("dataset", {"kind": "photos"})
-    n_images = None
-    if isinstance(dataset, dict) and dataset.get("kind", "photos") == "photos":
-        try:
-            photos = PhotosDataset.model_validate(dataset)
-            n_images = photos.task_classes * photos.test_per_class
-        except ValidationError:
-            pass  # reported by the structural pass
+    section = _valid_dataset(data.get("dataset", {}))
+    sizes = section.sizes() if section is not None else None
+    n_images = sizes["task_test"] if sizes is not None else None
     listed = data.get("entities")
     raw_entities: list[Any] = listed if isinstance(listed, list) else []
     entity_names = {
@@ -720,8 +654,7 @@ def _data_owner_problems(data: dict[str, Any]) -> list[Problem]:
                 problems.append(
                     Problem(
                         f"{at}.users[{i}].grant[{j}]",
-                        f"image {index} does not exist; the owner has {n_images} test images "
-                        "(dataset.task_classes x dataset.test_per_class)",
+                        f"image {index} does not exist; the owner has {n_images} test images",
                     )
                 )
     return problems
@@ -732,9 +665,8 @@ SEED_MAX: Final = 2**32 - 1
 MAX_FILE_BYTES: Final = 1 << 20
 MIN_TRAIN_IMAGES: Final = 2  # entities.training.fit skips a batch of one (BatchNorm needs two)
 MAX_DATASET_GIB: Final = 16  # every party process builds the dataset in memory
-# The built-in photos (len(entities.data.PHOTOS)) and each split's downsampling (entities.nets.SPLITS):
-# copied here because those modules load torch; tests/test_hostile.py keeps them equal.
-PHOTOS_SHIPPED: Final = 19
+# Each split's downsampling (entities.nets.SPLITS): copied here because that module loads torch;
+# tests/test_hostile.py keeps them equal.
 SPLIT_STRIDE: Final = {"conv2_x": 4, "conv3_x": 8, "conv4_x": 16}
 
 
@@ -759,14 +691,17 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
     raw = data.get("backbone", {})
     backbone: dict[str, Any] = raw if isinstance(raw, dict) else {}
     split = backbone.get("split", Backbone.model_fields["split"].default)
-    kind = dataset.get("kind", "photos")
-    side_key = {"photos": "patch", "image_folder": "image_size"}.get(kind) if isinstance(kind, str) else None
-    model = DATASETS.get(kind) if isinstance(kind, str) else None
+    section = _valid_dataset(dataset)
     entities = data.get("entities")
-    if isinstance(split, str) and split in SPLIT_STRIDE and side_key and model and isinstance(entities, list):
+    if (
+        isinstance(split, str)
+        and split in SPLIT_STRIDE
+        and section is not None
+        and isinstance(entities, list)
+    ):
         stride = SPLIT_STRIDE[split]
-        side = _int(dataset, side_key) if side_key in dataset else model.model_fields[side_key].default
-        if entities and side is not None and side > 0 and side % stride:
+        side, side_key = section.side, section.side_field
+        if entities and side % stride:
             problems.append(
                 Problem(
                     f"dataset.{side_key}",
@@ -777,7 +712,7 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
                 )
             )
         shift = _int(data.get("refine"), "shift")
-        if entities and side is not None and shift is not None and side >= stride and shift >= side // stride:
+        if entities and shift is not None and side >= stride and shift >= side // stride:
             problems.append(
                 Problem(
                     "refine.shift",
@@ -786,40 +721,26 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
                 )
             )
 
-    # counts: the photos hold so many classes; each entity needs images to train on
-    photos = None
-    if kind == "photos":
-        try:
-            photos = PhotosDataset.model_validate(dataset)
-        except ValidationError:
-            pass  # reported by the structural pass
-    if photos is not None:
-        wanted = photos.task_classes + photos.public_classes
-        if wanted > PHOTOS_SHIPPED:
-            problems.append(
-                Problem(
-                    "dataset.public_classes",
-                    f"task_classes + public_classes = {_count(wanted)}, but {PHOTOS_SHIPPED} photos ship "
-                    "with scikit-image; expected at most that many classes in all",
-                )
-            )
-        n_train = photos.task_classes * photos.train_per_class
+    # counts: what the section alone says the data holds (the built-in photos); each entity needs images
+    # to train on. A kind that reads files is checked against them before the run (simulator.preflight).
+    if section is not None:
+        problems += [Problem(f"dataset.{f}", m) for f, m in section.problems()]
+    sizes = section.sizes() if section is not None else None
+    if sizes is not None:
+        n_train = sizes["task_train"]
         for i, entity in _well_formed(Entity, entities):
             got = max(1, round(entity.fraction * n_train))
             if got < MIN_TRAIN_IMAGES:
                 problems.append(
                     Problem(
                         f"entities[{i}].fraction",
-                        f"{entity.fraction:g} of the {_count(n_train)} training images "
-                        f"(dataset.task_classes x dataset.train_per_class) is {got}; "
+                        f"{entity.fraction:g} of the {_count(n_train)} training images is {got}; "
                         f"expected at least {MIN_TRAIN_IMAGES} per entity "
                         "(a batch of one cannot train: BatchNorm needs two)",
                     )
                 )
-        public = photos.public_per_class or photos.train_per_class
-        images = photos.task_classes * (photos.train_per_class + photos.test_per_class)
-        images += photos.public_classes * (public + photos.test_per_class)
-        sides = [photos.patch]
+        images = sum(sizes.values())
+        sides = [section.side]  # type: ignore[union-attr]
         owner = data.get("data_owner")
         owner_side = _int(owner, "image_size") if isinstance(owner, dict) else None
         if owner_side is not None and owner_side > 0:
@@ -879,16 +800,16 @@ def _adversary_problems(data: dict[str, Any]) -> list[Problem]:
     users = [u.name for _, u in _well_formed(UserGrant, (owner or {}).get("users"))]
     taken = set(entities) | set(users) | ({owner.get("name", "owner")} if owner else set())
     sizes: dict[str, int] = {}
+    section = _valid_dataset(data.get("dataset", {}))
     try:
-        photos = PhotosDataset.model_validate(data.get("dataset", {}))
         mirrored = bool((data.get("dpm") or {}).get("share_mirrored", True))
-        n_train = photos.task_classes * photos.train_per_class
+        n_train = section.sizes()["task_train"]  # type: ignore[union-attr,index]
         sizes = {
             e.name: max(1, round(e.fraction * n_train)) * (2 if mirrored else 1)
             for _, e in _well_formed(Entity, data.get("entities"))
         }
-    except (ValidationError, AttributeError, TypeError):
-        pass  # reported by the structural pass
+    except (AttributeError, TypeError):
+        pass  # reported by the structural pass, or counted from the files before the run
     for i, adversary in _well_formed(Adversary, raw):
         at = f"adversaries[{i}]"
         if adversary.name in taken:

@@ -10,8 +10,9 @@ import pytest
 import skimage.data
 import torch
 
-from entities import data
-from entities.data import PHOTOS, Box, ImageSet, TaskData, build_photos, draw_crops, partition, to_float
+from entities.data import partition, to_float
+from entities.datasets import ImageSet, TaskData, photos
+from entities.datasets.photos import PHOTOS, Box, build_photos, draw_crops
 
 SMALL = {"patch": 16, "task_classes": 6, "public_classes": 5, "train_per_class": 40, "test_per_class": 12}
 
@@ -40,8 +41,8 @@ def test_photos_are_sorted_natural_and_load_offline() -> None:
         assert synthetic not in PHOTOS
     folder = os.path.dirname(skimage.data.__file__)
     for name in PHOTOS:
-        img = data._decode(name)
-        assert os.path.exists(os.path.join(folder, data._FILES[name]))
+        img = photos._decode(name)
+        assert os.path.exists(os.path.join(folder, photos._FILES[name]))
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
         assert min(img.shape[:2]) >= 100
 
@@ -132,7 +133,7 @@ def test_bad_sizes_rejected(field: str) -> None:
 @pytest.mark.parametrize("patch", [8, 16, 32, 48])
 def test_regions_disjoint_with_gap_and_room_for_the_largest_crop(patch: int) -> None:
     for name in PHOTOS:
-        photo = data._photo(name, patch)
+        photo = photos._photo(name, patch)
         h, w = photo.pixels.shape[:2]
         (tr,), (te,) = photo.train, photo.test
         for box in (tr, te):
@@ -167,17 +168,17 @@ def test_draw_crops_share_several_boxes_by_area_in_box_order() -> None:
 
 def test_no_pixel_of_a_test_patch_comes_from_outside_the_test_region(monkeypatch: pytest.MonkeyPatch) -> None:
     """Paint each photo 0 in its train region, 255 in its test region, 128 elsewhere: any leak shows."""
-    real = data._photo
+    real = photos._photo
 
-    def painted(name: str, patch: int, layout: data.Layout = "halves") -> data.Photo:
+    def painted(name: str, patch: int, layout: photos.Layout = "halves") -> photos.Photo:
         photo = real(name, patch, layout)
         pixels = np.full_like(photo.pixels, 128)
         for boxes, value in ((photo.train, 0), (photo.test, 255)):
             for box in boxes:
                 pixels[box.top : box.top + box.height, box.left : box.left + box.width] = value
-        return data.Photo(pixels, photo.train, photo.test)
+        return photos.Photo(pixels, photo.train, photo.test)
 
-    monkeypatch.setattr(data, "_photo", painted)
+    monkeypatch.setattr(photos, "_photo", painted)
     n = len(PHOTOS)
     for layout in ("halves", "tiles"):
         td = build_photos(
@@ -196,7 +197,7 @@ def test_no_pixel_of_a_test_patch_comes_from_outside_the_test_region(monkeypatch
 @pytest.mark.parametrize("patch", [16, 32])
 def test_tiles_are_disjoint_with_a_gap_and_spread_over_the_photo(patch: int) -> None:
     for name in PHOTOS:
-        photo = data._photo(name, patch, "tiles")
+        photo = photos._photo(name, patch, "tiles")
         h, w = photo.pixels.shape[:2]
         boxes = photo.train + photo.test
         assert 0.15 <= len(photo.test) / len(boxes) <= 0.35
@@ -231,11 +232,11 @@ def test_subset_and_validation(small: TaskData) -> None:
     assert np.array_equal(sub.images, s.images[idx]) and np.array_equal(sub.labels, s.labels[idx])
     assert len(s.subset(s.labels == 1)) == 40
     with pytest.raises(ValueError):
-        ImageSet(images=s.images.astype(np.float32), labels=s.labels, classes=s.classes)
+        ImageSet.of_array(s.images.astype(np.float32), s.labels, s.classes)
     with pytest.raises(ValueError):
-        ImageSet(images=s.images, labels=s.labels.astype(np.int32), classes=s.classes)
+        ImageSet.of_array(s.images, s.labels.astype(np.int32), s.classes)
     with pytest.raises(ValueError):
-        ImageSet(images=s.images, labels=s.labels, classes=s.classes[:2])
+        ImageSet.of_array(s.images, s.labels, s.classes[:2])
     with pytest.raises(ValueError, match="share classes"):
         TaskData(small.task_train, small.task_test, small.task_train, small.task_test)
 

@@ -22,7 +22,6 @@ import pytest
 from simulator.cli import EXIT_INVALID, main
 from simulator.schema import (
     NAME_MAX,
-    PHOTOS_SHIPPED,
     SPLIT_STRIDE,
     ScenarioError,
     load_scenario,
@@ -317,7 +316,7 @@ HOSTILE = [
         "more-classes-than-photos",
         edit("task_classes: 6, public_classes: 3", "task_classes: 15, public_classes: 6"),
         "dataset.public_classes",
-        f"{PHOTOS_SHIPPED} photos",
+        "19 photos",
     ),
     case(
         "dataset-beyond-memory",
@@ -568,10 +567,9 @@ def test_resume_refusal_in_a_subprocess(tmp_path):
 # --- the schema's copies of torch-side facts ---------------------------------------------------------
 
 
-def test_schema_tables_match_the_nets_and_the_photos():
-    from entities import data, nets
+def test_schema_tables_match_the_nets():
+    from entities import nets
 
-    assert len(data.PHOTOS) == PHOTOS_SHIPPED
     assert {split: stride for split, (_, stride) in nets.SPLITS.items()} == SPLIT_STRIDE
 
 

@@ -16,7 +16,8 @@ from scipy import stats
 
 from entities import sparse
 from entities.codecs import jpeg, jpeg_at_rate, jpeg_header_bytes, measure, psnr
-from entities.data import build_photos, to_float
+from entities.data import to_float
+from entities.datasets.photos import build_photos
 from entities.sparse import KeyFormatError, SparsifyingAutoencoder
 
 torch.set_num_threads(1)

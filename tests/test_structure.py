@@ -20,7 +20,8 @@ import pytest
 from cryptography.exceptions import InvalidTag
 
 from entities import registry
-from entities.data import load_dataset, partition
+from entities.data import partition
+from entities.datasets import load_dataset
 from entities.files import write_atomic
 from reports.runs import load_run
 from simulator import sealing

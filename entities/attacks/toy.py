@@ -18,7 +18,9 @@ from torch import nn
 
 from entities import sparse
 from entities.attacks.base import Knowledge, KnownPairs, OwnKeys, Pooled
-from entities.data import ImageSet, TaskData, build_photos, partition, to_float
+from entities.data import partition, to_float
+from entities.datasets import ImageSet, TaskData
+from entities.datasets.photos import build_photos
 from entities.entity import SharedNets, featurize, train_classifier, train_dpm, train_reconstructor
 
 

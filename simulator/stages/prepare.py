@@ -1,4 +1,5 @@
-"""`prepare`: each entity loads its private partition of D_p (chosen by `dataset.seed`) and keeps it."""
+"""`prepare`: each entity picks its private partition of D_p (chosen by `dataset.seed`) and keeps it, as
+indices into the dataset with the dataset's digest (not as pixels: a partition of ImageNet is gigabytes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import numpy as np
 
 from entities.data import partition
+from entities.datasets import ImageSet
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
@@ -16,11 +18,24 @@ from simulator.views import PartyView
 PARTITION_FILE = "partition.npz"
 
 
+def own_set(view: PartyView) -> ImageSet:
+    """The entity's partition of D_p, its pixels read when used; refused if the dataset has changed."""
+    kept = view.read_private(PARTITION_FILE, missing=f"stage 'prepare' has not run for {view.name}")
+    with np.load(io.BytesIO(kept)) as arrays:
+        index, digest = arrays["index"], str(arrays["digest"])
+    data = cache.dataset(view)
+    if digest != data.digest:
+        raise ValueError(
+            f"{view.name}/{PARTITION_FILE}: the partition was drawn from another dataset "
+            f"(digest {digest[:12]}, now {data.digest[:12]}): its files or section changed since 'prepare'"
+        )
+    return data.task_train.subset(index)
+
+
 def own_partition(view: PartyView) -> tuple[np.ndarray, np.ndarray]:
-    """The entity's images and labels, from its private directory."""
-    data = view.read_private(PARTITION_FILE, missing=f"stage 'prepare' has not run for {view.name}")
-    with np.load(io.BytesIO(data)) as arrays:
-        return arrays["images"], arrays["labels"]
+    """The entity's images and labels in memory (a partition must fit the images budget)."""
+    mine = own_set(view)
+    return mine.images, mine.labels
 
 
 @register
@@ -37,9 +52,9 @@ class Prepare(Stage):
         index = partition(
             data.task_train.labels, [e.fraction for e in scenario.entities], seed=scenario.task_seed
         )
-        mine = data.task_train.subset(index[[e.name for e in scenario.entities].index(view.name)])
+        mine = index[[e.name for e in scenario.entities].index(view.name)]
         buffer = io.BytesIO()
-        np.savez(buffer, images=mine.images, labels=mine.labels)
+        np.savez(buffer, index=mine, digest=np.array(data.digest))
         view.write_private(PARTITION_FILE, buffer.getvalue())
         return Payload(metrics={"n_train": len(mine), "n_classes": len(data.task_train.classes)})
 
