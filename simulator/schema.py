@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -158,10 +159,27 @@ Dataset = Annotated[PhotosDataset | ImageFolderDataset, Field(discriminator="kin
 
 
 class Backbone(Strict):
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
-    split: Literal["conv2_x", "conv3_x", "conv4_x"] = Field(
-        "conv2_x", description="last ResNet stage of the featurizer F (conv2_x = torchvision layer1)"
+    name: Annotated[str, one_of(registry.BACKBONES)] = "resnet18"
+    split: str = Field(
+        "conv2_x",
+        validate_default=True,  # a VGG with the default split is an error too
+        description=(
+            "where F ends (entities.registry.BACKBONE_SPLITS): a ResNet stage conv2_x..conv4_x "
+            "(conv2_x = torchvision layer1), or a VGG block block1..block5 (after its max-pool)"
+        ),
     )
+
+    @field_validator("split")
+    @classmethod
+    def _backbone_has_split(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")  # absent when the name failed (reported there)
+        points = registry.BACKBONE_SPLITS.get(name) if isinstance(name, str) else None
+        if points is not None and value not in points:
+            default = " (the default)" if value == cls.model_fields["split"].default else ""
+            raise ValueError(
+                f"got {value!r}{default}; expected one of {name}'s splits: {', '.join(map(repr, points))}"
+            )
+        return value
 
 
 class Training(Strict):
@@ -732,10 +750,9 @@ SEED_MAX: Final = 2**32 - 1
 MAX_FILE_BYTES: Final = 1 << 20
 MIN_TRAIN_IMAGES: Final = 2  # entities.training.fit skips a batch of one (BatchNorm needs two)
 MAX_DATASET_GIB: Final = 16  # every party process builds the dataset in memory
-# The built-in photos (len(entities.data.PHOTOS)) and each split's downsampling (entities.nets.SPLITS):
-# copied here because those modules load torch; tests/test_hostile.py keeps them equal.
+# The built-in photos (len(entities.data.PHOTOS)): copied here because that module loads torch;
+# tests/test_hostile.py keeps them equal.
 PHOTOS_SHIPPED: Final = 19
-SPLIT_STRIDE: Final = {"conv2_x": 4, "conv3_x": 8, "conv4_x": 16}
 
 
 def _count(value: int) -> str:
@@ -758,13 +775,15 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
     # comes back rounded up (R(F(x)) would not be the image's size) and the SSIM term cannot be computed
     raw = data.get("backbone", {})
     backbone: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    name = backbone.get("name", Backbone.model_fields["name"].default)
     split = backbone.get("split", Backbone.model_fields["split"].default)
+    points = registry.BACKBONE_SPLITS.get(name, {}) if isinstance(name, str) else {}
+    stride = points.get(split) if isinstance(split, str) else None
     kind = dataset.get("kind", "photos")
     side_key = {"photos": "patch", "image_folder": "image_size"}.get(kind) if isinstance(kind, str) else None
     model = DATASETS.get(kind) if isinstance(kind, str) else None
     entities = data.get("entities")
-    if isinstance(split, str) and split in SPLIT_STRIDE and side_key and model and isinstance(entities, list):
-        stride = SPLIT_STRIDE[split]
+    if stride is not None and side_key and model and isinstance(entities, list):
         side = _int(dataset, side_key) if side_key in dataset else model.model_fields[side_key].default
         if entities and side is not None and side > 0 and side % stride:
             problems.append(
