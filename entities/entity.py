@@ -71,14 +71,19 @@ def empty_nets(
 ) -> SharedNets:
     """Untrained F, C, R of the scenario's shapes, to load shared weights into."""
     featurizer, decider = build_classifier(backbone.name, backbone.split, num_classes)
-    recon = new_reconstructor(reconstructor, backbone.split, feature_shape(featurizer, image_side)[0])
+    recon = new_reconstructor(reconstructor, backbone, feature_shape(featurizer, image_side)[0])
     return SharedNets(featurizer, decider, recon)
 
 
-def new_reconstructor(spec: ReconstructorSpec, split: str, channels: int) -> nn.Module:
+def new_reconstructor(spec: ReconstructorSpec, backbone: BackboneSpec, channels: int) -> nn.Module:
     """An untrained R of the scenario's shape for features with `channels` channels."""
     return build_reconstructor(
-        channels, split, width=spec.width, blocks_per_upscale=spec.blocks_per_upscale, output=spec.output
+        channels,
+        backbone=backbone.name,
+        split=backbone.split,
+        width=spec.width,
+        blocks_per_upscale=spec.blocks_per_upscale,
+        output=spec.output,
     )
 
 
@@ -127,7 +132,12 @@ def train_classifier(
 
 
 def train_reconstructor(
-    spec: ReconstructorSpec, split: str, featurizer: nn.Module, public: datasets.ImageSet, *, seed: int
+    spec: ReconstructorSpec,
+    backbone: BackboneSpec,
+    featurizer: nn.Module,
+    public: datasets.ImageSet,
+    *,
+    seed: int,
 ) -> nn.Module:
     """R inverts the frozen F, trained with L1 on the public set D_q only."""
     dev = device()
@@ -135,7 +145,7 @@ def train_reconstructor(
     featurizer = featurizer.to(dev).eval()
     x = to_float(public.images)
     feats = apply(lambda b: featurizer(b.to(dev)), x)
-    recon = new_reconstructor(spec, split, feats.shape[1]).to(dev)
+    recon = new_reconstructor(spec, backbone, feats.shape[1]).to(dev)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
         return l1(recon(feats[index].to(dev)), x[index].to(dev)).mean()

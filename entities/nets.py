@@ -1,41 +1,72 @@
 """The nets of the Deep Poisoning pipeline: featurizer F, decider C, reconstructor R and DPM P.
 
-A torchvision ResNet is split after a named stage (the ResNet paper's names: conv2_x is
-torchvision's `layer1`) into F (stem up to and including that stage) and C (the rest).
+A torchvision backbone is cut at a named split point (entities.registry.BACKBONE_SPLITS) into F
+(everything up to and including that point) and C (the rest). ResNets split after a stage (the ResNet
+paper's names: conv2_x is torchvision's `layer1`), VGG after a conv block's max-pool (block1..block5).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torchvision
 from torch import nn
 
-BACKBONES = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "resnet101": torchvision.models.resnet101,
-}
-# stage name -> (torchvision layer, spatial downsampling of the input at that point)
-SPLITS = {"conv2_x": ("layer1", 4), "conv3_x": ("layer2", 8), "conv4_x": ("layer3", 16)}
-_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+from entities.registry import BACKBONE_SPLITS, BACKBONES, Splitter
+
+_LAYERS = ("layer1", "layer2", "layer3", "layer4")  # conv2_x..conv5_x
+
+
+def _resnet(make: Callable[..., torchvision.models.ResNet]) -> Splitter:
+    def build(*, depth: int, num_classes: int) -> tuple[nn.Sequential, nn.Sequential]:
+        net = make(weights=None, num_classes=num_classes)  # weights=None: never download
+        featurizer = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, *(getattr(net, n) for n in _LAYERS[:depth])
+        )
+        decider = nn.Sequential(
+            *(getattr(net, n) for n in _LAYERS[depth:]), net.avgpool, nn.Flatten(1), net.fc
+        )
+        return featurizer, decider
+
+    return build
+
+
+for _name, _make in (
+    ("resnet18", torchvision.models.resnet18),
+    ("resnet34", torchvision.models.resnet34),
+    ("resnet50", torchvision.models.resnet50),
+    ("resnet101", torchvision.models.resnet101),
+):
+    BACKBONES.register(_name)(_resnet(_make))
+
+
+@BACKBONES.register("vgg16_bn")
+def vgg16_bn(*, depth: int, num_classes: int) -> tuple[nn.Sequential, nn.Sequential]:
+    net = torchvision.models.vgg16_bn(weights=None, num_classes=num_classes)
+    layers = list(net.features)
+    pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+    cut = pools[depth - 1] + 1
+    featurizer = nn.Sequential(*layers[:cut])
+    decider = nn.Sequential(*layers[cut:], net.avgpool, nn.Flatten(1), net.classifier)
+    return featurizer, decider
+
+
+def stride(backbone: str, split: str) -> int:
+    """How much F downsamples the input when `backbone` is cut at `split`."""
+    BACKBONES.get(backbone)  # an unknown backbone: the error lists the known ones
+    points = BACKBONE_SPLITS[backbone]
+    if split not in points:
+        raise ValueError(f"{backbone} has no split {split!r}; its splits: {', '.join(points)}")
+    return points[split]
 
 
 def build_classifier(backbone: str, split: str, num_classes: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """A fresh (untrained) ResNet, split into featurizer F and decider C."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; available: {', '.join(BACKBONES)}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
-    net = BACKBONES[backbone](weights=None, num_classes=num_classes)
-    cut = _LAYERS.index(SPLITS[split][0]) + 1
-    featurizer = nn.Sequential(
-        net.conv1, net.bn1, net.relu, net.maxpool, *(getattr(net, n) for n in _LAYERS[:cut])
-    )
-    decider = nn.Sequential(*(getattr(net, n) for n in _LAYERS[cut:]), net.avgpool, nn.Flatten(1), net.fc)
-    return featurizer, decider
+    """A fresh (untrained) backbone, split into featurizer F and decider C."""
+    stride(backbone, split)  # a clear error for a split this backbone lacks
+    depth = list(BACKBONE_SPLITS[backbone]).index(split) + 1
+    return BACKBONES.get(backbone)(depth=depth, num_classes=num_classes)
 
 
 def feature_shape(featurizer: nn.Module, image_size: int) -> tuple[int, int, int]:
@@ -102,9 +133,16 @@ class Reconstructor(nn.Module):
 
 
 def build_reconstructor(
-    featurizer_channels: int, split: str, *, width: int, blocks_per_upscale: int, output: str
+    featurizer_channels: int,
+    *,
+    backbone: str,
+    split: str,
+    width: int,
+    blocks_per_upscale: int,
+    output: str,
 ) -> Reconstructor:
-    upscales = int(math.log2(SPLITS[split][1]))
+    """An untrained R that upsamples F's features back to the image's side: x2 per halving in F."""
+    upscales = int(math.log2(stride(backbone, split)))
     return Reconstructor(
         featurizer_channels, upscales, width=width, blocks_per_upscale=blocks_per_upscale, output=output
     )
@@ -125,7 +163,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(last.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ResNet features are post-ReLU; keep the poisoned ones in the same (non-negative) space
+        # the backbones' features are post-ReLU; keep the poisoned ones in the same (non-negative) space
         return torch.relu(x + self.body(x))
 
 

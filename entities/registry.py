@@ -11,10 +11,12 @@ checks that every declared name has an implementation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the families' types only: this module must load without torch
+    from torch import nn
+
     from entities.datasets.base import DatasetKind
 
 T = TypeVar("T")
@@ -86,3 +88,26 @@ OBJECTIVES: Registry[Factory] = Registry("DPM objective", ("ce", "distill"))
 SAMPLERS: Registry[Factory] = Registry("fake-value sampler", ("ctg", "empirical"))
 SOURCES: Registry[Factory] = Registry("feature source", ("raw", "original", "poisoned"))
 CODECS: Registry[Factory] = Registry("codec", ("jpeg",))
+
+
+class Splitter(Protocol):
+    """A backbone builder: a fresh (untrained) net cut into featurizer F (its first `depth` split points'
+    worth of layers, counted in BACKBONE_SPLITS order) and decider C (the rest, ending in `num_classes`)."""
+
+    def __call__(self, *, depth: int, num_classes: int) -> tuple[nn.Sequential, nn.Sequential]: ...
+
+
+# Where each backbone may be cut into F and C, in order from the input, with the stride there: the
+# downsampling of the input at that point, so R upsamples x2 log2(stride) times. Declared here, once, for
+# the schema's checks without torch; entities.nets registers the builders, and a test checks every stride
+# against a real F.
+_RESNET_SPLITS: Final = {"conv2_x": 4, "conv3_x": 8, "conv4_x": 16}  # the ResNet paper's stage names
+BACKBONE_SPLITS: Final[Mapping[str, Mapping[str, int]]] = {
+    "resnet18": _RESNET_SPLITS,
+    "resnet34": _RESNET_SPLITS,
+    "resnet50": _RESNET_SPLITS,
+    "resnet101": _RESNET_SPLITS,
+    # the VGG paper's five conv blocks each end in a 2x2 max-pool; blockN ends F after the N-th pool
+    "vgg16_bn": {"block1": 2, "block2": 4, "block3": 8, "block4": 16, "block5": 32},
+}
+BACKBONES: Registry[Splitter] = Registry("backbone", tuple(BACKBONE_SPLITS))

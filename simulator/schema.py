@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic.fields import FieldInfo
@@ -69,10 +70,27 @@ else:
 
 
 class Backbone(Strict):
-    name: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet18"
-    split: Literal["conv2_x", "conv3_x", "conv4_x"] = Field(
-        "conv2_x", description="last ResNet stage of the featurizer F (conv2_x = torchvision layer1)"
+    name: Annotated[str, one_of(registry.BACKBONES)] = "resnet18"
+    split: str = Field(
+        "conv2_x",
+        validate_default=True,  # a VGG with the default split is an error too
+        description=(
+            "where F ends (entities.registry.BACKBONE_SPLITS): a ResNet stage conv2_x..conv4_x "
+            "(conv2_x = torchvision layer1), or a VGG block block1..block5 (after its max-pool)"
+        ),
     )
+
+    @field_validator("split")
+    @classmethod
+    def _backbone_has_split(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("name")  # absent when the name failed (reported there)
+        points = registry.BACKBONE_SPLITS.get(name) if isinstance(name, str) else None
+        if points is not None and value not in points:
+            default = " (the default)" if value == cls.model_fields["split"].default else ""
+            raise ValueError(
+                f"got {value!r}{default}; expected one of {name}'s splits: {', '.join(map(repr, points))}"
+            )
+        return value
 
 
 class Training(Strict):
@@ -665,9 +683,6 @@ SEED_MAX: Final = 2**32 - 1
 MAX_FILE_BYTES: Final = 1 << 20
 MIN_TRAIN_IMAGES: Final = 2  # entities.training.fit skips a batch of one (BatchNorm needs two)
 MAX_DATASET_GIB: Final = 16  # every party process builds the dataset in memory
-# Each split's downsampling (entities.nets.SPLITS): copied here because that module loads torch;
-# tests/test_hostile.py keeps them equal.
-SPLIT_STRIDE: Final = {"conv2_x": 4, "conv3_x": 8, "conv4_x": 16}
 
 
 def _count(value: int) -> str:
@@ -690,16 +705,13 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
     # comes back rounded up (R(F(x)) would not be the image's size) and the SSIM term cannot be computed
     raw = data.get("backbone", {})
     backbone: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    name = backbone.get("name", Backbone.model_fields["name"].default)
     split = backbone.get("split", Backbone.model_fields["split"].default)
+    points = registry.BACKBONE_SPLITS.get(name, {}) if isinstance(name, str) else {}
+    stride = points.get(split) if isinstance(split, str) else None
     section = _valid_dataset(dataset)
     entities = data.get("entities")
-    if (
-        isinstance(split, str)
-        and split in SPLIT_STRIDE
-        and section is not None
-        and isinstance(entities, list)
-    ):
-        stride = SPLIT_STRIDE[split]
+    if stride is not None and section is not None and isinstance(entities, list):
         side, side_key = section.side, section.side_field
         if entities and side % stride:
             problems.append(

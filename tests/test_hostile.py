@@ -22,7 +22,6 @@ import pytest
 from simulator.cli import EXIT_INVALID, main
 from simulator.schema import (
     NAME_MAX,
-    SPLIT_STRIDE,
     ScenarioError,
     load_scenario,
 )
@@ -261,6 +260,15 @@ HOSTILE = [
         "not a multiple of 16",
     ),
     case("patch-vs-conv2", edit("patch: 32", "patch: 18"), "dataset.patch", "not a multiple of 4"),
+    case(
+        "patch-vs-vgg-block5",
+        edit("patch: 32", "patch: 48").replace(
+            b"{name: resnet18, split: conv2_x}", b"{name: vgg16_bn, split: block5}"
+        ),
+        "dataset.patch",
+        "not a multiple of 32",
+        "64 pixels",
+    ),
     case(
         "image-size-vs-split",
         edit(
@@ -564,13 +572,6 @@ def test_resume_refusal_in_a_subprocess(tmp_path):
     assert tree(tmp_path) == before
 
 
-# --- the schema's copies of torch-side facts ---------------------------------------------------------
-
-
-def test_schema_tables_match_the_nets():
-    from entities import nets
-
-    assert {split: stride for split, (_, stride) in nets.SPLITS.items()} == SPLIT_STRIDE
 
 
 @pytest.mark.parametrize(
@@ -584,12 +585,14 @@ def test_the_nets_round_trip_exactly_the_sides_the_schema_accepts(split, side):
 
     featurizer, _ = nets.build_classifier("resnet18", split, num_classes=5)
     channels = nets.feature_shape(featurizer, side)[0]
-    recon = nets.build_reconstructor(channels, split, width=8, blocks_per_upscale=1, output="clamp")
+    recon = nets.build_reconstructor(
+        channels, backbone="resnet18", split=split, width=8, blocks_per_upscale=1, output="clamp"
+    )
     featurizer.eval()
     recon.eval()
     with torch.no_grad():
         back = recon(featurizer(torch.zeros(1, 3, side, side)))
-    stride = SPLIT_STRIDE[split]
+    stride = nets.stride("resnet18", split)
     assert back.shape[-1] == stride * math.ceil(side / stride)
     assert (back.shape[-1] == side) == (side % stride == 0)
 

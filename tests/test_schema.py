@@ -147,6 +147,22 @@ MALFORMED = [
     case(
         "bad-backbone-split", "backbone", {"split": "conv9_x"}, "'conv9_x'", "conv3_x", where="backbone.split"
     ),
+    case(
+        "split-the-backbone-lacks",
+        "backbone",
+        {"name": "vgg16_bn", "split": "conv3_x"},
+        "'conv3_x'",
+        "vgg16_bn's splits",
+        "'block1', 'block2', 'block3', 'block4', 'block5'",
+        where="backbone.split",
+    ),
+    case(
+        "vgg-with-the-default-split",
+        "backbone",
+        {"name": "vgg16_bn"},
+        "(the default)",
+        where="backbone.split",
+    ),
     case("bad-optimizer", "refine.optimizer", "rmsprop", "'rmsprop'"),
     case("bad-dataset-kind", "dataset", {"kind": "mnist"}, "'mnist'", "'photos'", where="dataset.kind"),
     case("missing-dataset-kind", "dataset", {"patch": 64}, "missing", where="dataset.kind"),

@@ -254,10 +254,12 @@ def test_a_new_stage_runs_in_both_engines_without_touching_another_module(
 def test_every_declared_name_has_an_implementation() -> None:
     import entities.codecs
     import entities.entity
+    import entities.nets  # noqa: F401 - the backbones
     import entities.sparse  # noqa: F401 - registers the samplers
     import simulator.stages.refine  # noqa: F401 - the feature sources
 
     for family in (
+        registry.BACKBONES,
         registry.DATASETS,
         registry.OPTIMIZERS,
         registry.OBJECTIVES,

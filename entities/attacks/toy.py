@@ -172,9 +172,7 @@ def build_world(
         )
         world.timings["classifier_s"] = time.monotonic() - t
         t = time.monotonic()
-        recon = train_reconstructor(
-            s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
-        )
+        recon = train_reconstructor(s.reconstructor, s.backbone, featurizer, data.public_train, seed=seed + 1)
         world.nets = SharedNets(featurizer, decider, recon)
         world.timings["reconstructor_s"] = time.monotonic() - t
         t = time.monotonic()

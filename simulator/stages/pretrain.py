@@ -48,7 +48,7 @@ class Pretrain(Stage):
         t1 = time.monotonic()
         with recording() as r_curves:
             recon = E.train_reconstructor(
-                s.reconstructor, s.backbone.split, featurizer, data.public_train, seed=seed + 1
+                s.reconstructor, s.backbone, featurizer, data.public_train, seed=seed + 1
             )
         t2 = time.monotonic()
         nets = E.SharedNets(featurizer, decider, recon)
