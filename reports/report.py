@@ -494,7 +494,16 @@ def section_training(stats: Stats, out: Path) -> Section | None:
 
 
 # The attack table's columns, in reading order (any other metric follows)
-ATTACK_METRICS = ["ssim", "psnr", "l1", "support_recovery", "support_precision", "reid_rank1", "reid_chance"]
+ATTACK_METRICS = [
+    "ssim",
+    "psnr",
+    "l1",
+    "support_recovery",
+    "support_precision",
+    "reid_rank1",
+    "reid_chance",
+    "reid_person_rank1",
+]
 
 
 def _attack_order(label: str, victim: str) -> tuple[str, str, str]:
@@ -529,7 +538,14 @@ def section_attack(stats: Stats, scenario: dict[str, Any], out: Path) -> Section
         "the plot, the black tick on each bar). On the published codes: the share of the true support "
         "guessed (support_recovery; guessing every published position finds all of it, at the precision "
         "support_precision), the random guess being the chance floor. reid_rank1: rank-1 re-identification "
-        "of the true image among the test images (reid_chance: by chance). The dotted line is the verdict's "
+        "of the true image among the test images (reid_chance: by chance)."
+        + (
+            " This is a face dataset: reid_person_rank1 asks whether the nearest of the candidates is "
+            "another image of the same person (the attack's purpose), not the same image."
+            if "reid_person_rank1" in metrics
+            else ""
+        )
+        + " The dotted line is the verdict's "
         "SSIM threshold (BROKEN above it)."
         + (f" Mean ± SD over {stats.n_runs} seeds; error bars: 95% t-interval." if stats.n_runs > 1 else ""),
         frame,

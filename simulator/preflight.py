@@ -85,5 +85,16 @@ def check_dataset(scenario: Scenario) -> None:
                     f"{MIN_TRAIN_IMAGES} per entity (a batch of one cannot train: BatchNorm needs two)",
                 )
             )
+    owner = scenario.data_owner
+    n_test = len(data.task_test)
+    for i, user in enumerate(owner.users if owner is not None else []):
+        for j, index in enumerate(user.grant):
+            if index >= n_test:
+                problems.append(
+                    Problem(
+                        f"data_owner.users[{i}].grant[{j}]",
+                        f"image {index} does not exist; the owner has {n_test} test images",
+                    )
+                )
     if problems:
         raise ScenarioError(str(getattr(section, "root", section.kind)), problems)

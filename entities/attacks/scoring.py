@@ -1,10 +1,12 @@
 """The referee: scores an attack's output against the truth, which only the referee holds.
 
 Images: L1, PSNR and SSIM (data_range 1), identification (top-1 of the shared F+C on the
-reconstructions against the true labels) and re-identification rank-1 (is the true image the nearest,
-by SSIM, of a gallery of up to 100 images: itself and others). Supports: support recovery (the share of
-the true support the guess holds) and precision (the share of the guess that is true). Every score is
-a plain float; `score_result` flattens a result and its variants into one dict.
+reconstructions against the true labels), re-identification rank-1 (is the true image the nearest,
+by SSIM, of a gallery of up to 100 images: itself and others) and, where the data knows who is in each
+image (faces), person re-identification rank-1 (is the nearest another image of the same person).
+Supports: support recovery (the share of the true support the guess holds) and precision (the share of
+the guess that is true). Every score is a plain float; `score_result` flattens a result and its
+variants into one dict.
 """
 
 from __future__ import annotations
@@ -49,6 +51,35 @@ def reidentification(
     return hits / max(len(reconstructions), 1)
 
 
+def person_reidentification(
+    reconstructions: torch.Tensor,
+    people: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_people: torch.Tensor,
+    *,
+    size: int = GALLERY,
+    seed: int = 0,
+) -> tuple[float, int]:
+    """(share, how many scored): of the reconstructions whose person has another image in `gallery`, the
+    share whose nearest (highest SSIM) of `size` candidates is that other image, the rest being images of
+    other people. It asks what a face attack is for: not the same pixels, the same person. The gallery
+    must not hold the reconstructed images themselves (the referee passes the shared test set)."""
+    generator = torch.Generator().manual_seed(seed)
+    hits = scored = 0
+    for i in range(len(reconstructions)):
+        twins = torch.nonzero(gallery_people == people[i]).flatten()
+        others = torch.nonzero(gallery_people != people[i]).flatten()
+        if len(twins) == 0 or len(others) == 0:
+            continue
+        twin = twins[torch.randint(len(twins), (1,), generator=generator)]
+        others = others[torch.randperm(len(others), generator=generator)[: size - 1]]
+        candidates = gallery[torch.cat([twin, others])].float()
+        scores = ssim(reconstructions[i : i + 1].float().expand_as(candidates), candidates)
+        hits += int(int(scores.argmax()) == 0)
+        scored += 1
+    return hits / max(scored, 1), scored
+
+
 def identification(
     reconstructions: torch.Tensor, labels: torch.Tensor, featurizer: nn.Module, decider: nn.Module
 ) -> float:
@@ -69,8 +100,11 @@ def score_images(
     decider: nn.Module | None = None,
     gallery: torch.Tensor | None = None,
     gallery_size: int = GALLERY,
+    people: torch.Tensor | None = None,
+    gallery_people: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Scores of reconstructions (N, 3, H, W) against the true images, both in [0, 1]."""
+    """Scores of reconstructions (N, 3, H, W) against the true images, both in [0, 1]; `people` and
+    `gallery_people` (who is in each image, on faces) add person re-identification."""
     if reconstructions.shape != truth.shape:
         raise ValueError(
             f"reconstructions {tuple(reconstructions.shape)} and truth {tuple(truth.shape)} differ"
@@ -85,6 +119,9 @@ def score_images(
     candidates = min(gallery_size, len(y) if gallery is None else len(gallery) + 1)
     out["reid_rank1"] = reidentification(x, y, gallery, size=gallery_size)
     out["reid_chance"] = 1.0 / max(candidates, 1)
+    if people is not None and gallery is not None and gallery_people is not None:
+        rate, scored = person_reidentification(x, people, gallery, gallery_people, size=gallery_size)
+        out["reid_person_rank1"], out["reid_person_n"] = rate, float(scored)
     if labels is not None and featurizer is not None and decider is not None:
         out["identification_top1"] = identification(x, labels, featurizer, decider)
     return out

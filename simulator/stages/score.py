@@ -7,6 +7,7 @@ above reconstructions goes to `figures/`, and an attack that breaks a protection
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from simulator.schema import Scenario
 from simulator.stages.attack import CODES, KINDS, MAIN, unit
 from simulator.stages.base import Server, Stage, register
 from simulator.stages.leak import pooled_truth
+from simulator.stages.poison import mirrored
+from simulator.stages.prepare import own_set
 from simulator.views import PartyView
 
 
@@ -36,13 +39,38 @@ def label(adversary: str, attack: str, kind: str, variant: str) -> str:
     return f"{adversary}: {name} on {KINDS.get(kind, 'ambiguated codes')}"
 
 
-def _truth(view: PartyView) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """(true images, true labels, true supports, gallery) as the referee holds them."""
+@dataclass
+class Truth:
+    """What the referee holds: the true images (and labels, supports, people where known) and a gallery
+    of other images to re-identify against (with their people, on faces)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    supports: torch.Tensor | None
+    gallery: torch.Tensor
+    people: torch.Tensor | None = None
+    gallery_people: torch.Tensor | None = None
+
+
+def _people(ids: np.ndarray | None, repeat: int = 1) -> torch.Tensor | None:
+    return None if ids is None else torch.from_numpy(np.concatenate([ids] * repeat))
+
+
+def _truth(view: PartyView) -> Truth:
+    """The truth as the referee holds it."""
     s = view.scenario
     if view.party.role is Role.ENTITY:
         images, labels = pooled_truth(view)
-        gallery = to_float(cache.dataset(view).task_test.images)
-        return to_float(np.ascontiguousarray(images)), torch.as_tensor(labels), None, gallery
+        test = cache.dataset(view).task_test
+        people = _people(own_set(view).identities, 2 if mirrored(s) else 1)
+        return Truth(
+            to_float(np.ascontiguousarray(images)),
+            torch.as_tensor(labels),
+            None,
+            to_float(test.images),
+            people,
+            _people(test.identities),
+        )
     owner = s.data_owner
     assert owner is not None
     test = owner_images(owner, s.dataset, seed=s.task_seed).task_test
@@ -53,7 +81,7 @@ def _truth(view: PartyView) -> tuple[torch.Tensor, torch.Tensor | None, torch.Te
     )
     supports = torch.from_numpy(np.stack([keys[i] for i in range(len(keys))]))
     truth = to_float(test.images)
-    return truth, None, supports, truth
+    return Truth(truth, None, supports, truth)
 
 
 @register
@@ -97,7 +125,8 @@ class Score(Stage):
         victim = str(task.payload.config["victim"])
         if victim != CODES and victim != view.name:
             raise ValueError(f"{view.name} referees attacks on its own data, not on {victim}'s")
-        truth, labels, supports, gallery = _truth(view)
+        held = _truth(view)
+        truth, labels, supports = held.images, held.labels, held.supports
         nets = None
         if "featurizer" in task.payload.arrays:
             nets = cache.shared_nets(view, {n: task.payload.arrays[n] for n in ("featurizer", "decider")})
@@ -119,7 +148,9 @@ class Score(Stage):
                     labels=None if labels is None else labels[keep],
                     featurizer=None if nets is None else nets.featurizer,
                     decider=None if nets is None else nets.decider,
-                    gallery=gallery,
+                    gallery=held.gallery,
+                    people=None if held.people is None else held.people[keep],
+                    gallery_people=held.gallery_people,
                 )
                 suffix = "" if variant == MAIN else f"-{variant}"
                 figure = f"attack-{adversary}-{attack}-{victim}-{kind}{suffix}.png"
