@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from simulator.preflight import check_dataset, check_scenario_unchanged, check_writable
+from simulator.preflight import check_dataset, check_devices, check_scenario_unchanged, check_writable
 from simulator.schema import Problem, ScenarioError, load_scenario
 
 EXIT_INVALID = 2
@@ -96,6 +96,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
             checked: set[str] = set()
             for planned in plan.runs:  # each distinct dataset once: a sweep over seeds reads one
                 key = planned.scenario.dataset.model_dump_json() + str(planned.scenario.task_seed)
+                check_devices(planned.scenario)
                 if key not in checked:
                     check_dataset(planned.scenario)
                     checked.add(key)
@@ -138,12 +139,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.resume:
             check_resumable(Path(args.resume))
             check_scenario_unchanged(Path(args.resume))
+            check_devices(load_scenario(Path(args.resume) / "scenario.yaml"))
             check_writable(Path(args.resume), "--resume")
         else:
             if not args.file:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
             scenario = load_scenario(args.file, args.set)
+            check_devices(scenario)
             check_dataset(scenario)
             out = Path(args.out)
             if out.exists() and not out.is_dir():

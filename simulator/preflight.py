@@ -98,3 +98,20 @@ def check_dataset(scenario: Scenario) -> None:
                 )
     if problems:
         raise ScenarioError(str(getattr(section, "root", section.kind)), problems)
+
+
+def check_devices(scenario: Scenario) -> None:
+    """Raise ScenarioError when the scenario asks for a GPU share and this machine has no CUDA device,
+    unless it allows the CPU (`resources.cpu_fallback`): a paper-scale run would otherwise train for days
+    on the CPU without a word. Loads torch only when a GPU is asked for."""
+    if scenario.resources.num_gpus <= 0 or scenario.resources.cpu_fallback:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        problem = Problem(
+            "resources.num_gpus",
+            f"{scenario.resources.num_gpus:g} of a GPU per node, but this machine has no CUDA device; "
+            "expected 0 here, or resources.cpu_fallback: true to run on the CPU",
+        )
+        raise ScenarioError(scenario.name, [problem])

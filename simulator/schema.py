@@ -335,6 +335,9 @@ class Verdict(Strict):
 class Resources(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU share of each simulated node")
     num_gpus: float = Field(0.0, ge=0, le=1, description="GPU share of each node (0 on a CPU machine)")
+    cpu_fallback: bool = Field(
+        False, description="where num_gpus > 0 and the machine has no GPU: run on the CPU (else refuse)"
+    )
 
 
 class Timeouts(Strict):

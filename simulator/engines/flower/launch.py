@@ -18,8 +18,9 @@ from simulator.schema import Scenario
 def backend_config(scenario: Scenario, ray_address: str | None, log: Log) -> dict[str, object]:
     gpus = scenario.resources.num_gpus
     if gpus > 0 and not torch.cuda.is_available():
-        # Asking Ray for GPU shares without a GPU makes the nodes never start.
-        log(f"[yellow]resources.num_gpus={gpus} but no CUDA device here; nodes get CPU only[/]")
+        # only with resources.cpu_fallback (simulator.preflight refuses otherwise); asking Ray for GPU
+        # shares without a GPU makes the nodes never start
+        log(f"[yellow]resources.num_gpus={gpus} but no CUDA device here; cpu_fallback: nodes get CPU only[/]")
         gpus = 0.0
     init_args: dict[str, object] = {"include_dashboard": False, "log_to_driver": False}
     if ray_address:
