@@ -127,7 +127,7 @@ def train_classifier(
         xb = flip(x[index], aug).to(dev)
         return nn.functional.cross_entropy(net(xb), y[index].to(dev))
 
-    fit(net.parameters(), recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="classifier")
+    fit(net, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="classifier", generators=[aug])
     return featurizer.eval().cpu(), decider.eval().cpu()
 
 
@@ -150,7 +150,7 @@ def train_reconstructor(
     def loss(index: torch.Tensor) -> torch.Tensor:
         return l1(recon(feats[index].to(dev)), x[index].to(dev)).mean()
 
-    fit(recon.parameters(), recipe=spec.training, n=len(x), loss_fn=loss, seed=seed, net="reconstructor")
+    fit(recon, recipe=spec.training, n=len(x), loss_fn=loss, seed=seed, net="reconstructor")
     featurizer.cpu()
     return recon.eval().cpu()
 
@@ -209,7 +209,7 @@ def train_dpm(
         similarity = ssim(recon(poisoned), x[index].to(dev)).mean()
         return task + recipe.lam * similarity
 
-    fit(dpm.parameters(), recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="dpm")
+    fit(dpm, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="dpm")
     for m in (featurizer, decider, recon):
         m.cpu()
     return dpm.eval().cpu()
@@ -297,7 +297,7 @@ def train_decider(
             x = shift(x, cells, aug)
         return nn.functional.cross_entropy(decider(x.to(dev)), labels[index].to(dev))
 
-    fit(decider.parameters(), recipe=recipe, n=len(features), loss_fn=loss, seed=seed, net="decider")
+    fit(decider, recipe=recipe, n=len(features), loss_fn=loss, seed=seed, net="decider", generators=[aug])
     return decider.eval().cpu()
 
 

@@ -268,7 +268,7 @@ def train_autoencoder(
         xb = x[index].to(dev)
         return nn.functional.binary_cross_entropy_with_logits(model.logits(xb), xb)
 
-    fit(model.parameters(), recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="autoencoder")
+    fit(model, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="autoencoder")
     return model.eval()
 
 

@@ -1,17 +1,25 @@
-"""One training loop for every net Veil trains (classifiers, R, DPMs, deciders)."""
+"""One training loop for every net Veil trains (classifiers, R, DPMs, deciders), with its checkpoints."""
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import random
-from collections.abc import Callable, Iterable, Iterator
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from entities.files import make_private_dir, write_atomic
 from entities.progress import tracker
 from entities.recipes import Recipe
 from entities.registry import OPTIMIZERS
@@ -73,8 +81,152 @@ def recording() -> Iterator[list[list[float]]]:
         _CURVES.reset(token)
 
 
+# --- checkpoints: a long fit survives a crash of its task -----------------------------------------
+
+# A fit saves a checkpoint after an epoch only when this long has passed since its last save (or its
+# start): a paper-scale F+C's checkpoint is ~100 MB written and fsynced, which would cost more than it
+# saves if done after every epoch of a fit whose epochs take milliseconds, while redoing under a minute
+# of work after a crash costs little. 0 saves after every epoch (tests).
+CHECKPOINT_EVERY_S = 60.0
+CHECKPOINT_ENV = "VEIL_CHECKPOINT_S"  # overrides CHECKPOINT_EVERY_S, e.g. for a run whose kill is planned
+
+
+def checkpoint_every_s() -> float:
+    return float(os.environ.get(CHECKPOINT_ENV, CHECKPOINT_EVERY_S))
+
+
+@dataclass
+class Checkpoints:
+    """Where the fits of one task keep their checkpoints: `directory`/fit-<i>.pt for its i-th fit call.
+
+    A task is deterministic, so its i-th fit is the same fit in every attempt; a checkpoint also holds a
+    fingerprint of its fit (net, data size, seed, recipe, parameter shapes), and one that does not match
+    is ignored, so a changed recipe or call order never loads the wrong state.
+    """
+
+    directory: Path
+    every_s: float
+    calls: int = 0
+    resumed: list[tuple[int, str, int]] = field(default_factory=list)  # (fit index, net, 1-based epoch
+    # it went on from) of each fit that continued from a checkpoint
+
+    def next_path(self) -> Path:
+        self.calls += 1
+        return self.directory / f"fit-{self.calls - 1}.pt"
+
+
+_CHECKPOINTS: ContextVar[Checkpoints | None] = ContextVar("veil_training_checkpoints", default=None)
+
+
+@contextmanager
+def checkpointing(directory: Path, *, every_s: float | None = None) -> Iterator[Checkpoints]:
+    """Checkpoint the `fit` calls made inside the block in `directory` (made 0700, files 0600: a
+    checkpoint holds the net being trained, a DPM's weights included), and resume each from its own.
+
+        with checkpointing(private / "checkpoints" / task) as ckpt:
+            train_classifier(...)   # continues after the last epoch a killed attempt saved
+        ckpt.resumed                # the fits that did, and the epoch each went on from
+
+    When the block ends without an exception its directory is removed: the task's result is what counts
+    from then on, and no later attempt picks up a stale checkpoint. An exception (or a kill) keeps it.
+    Per thread/context, like `recording()`.
+    """
+    ckpt = Checkpoints(Path(directory), checkpoint_every_s() if every_s is None else every_s)
+    token = _CHECKPOINTS.set(ckpt)
+    try:
+        yield ckpt
+    finally:
+        _CHECKPOINTS.reset(token)
+    shutil.rmtree(ckpt.directory, ignore_errors=True)
+
+
+def _numpy_state() -> tuple[Any, ...]:
+    # as tensors and plain numbers, so that torch.load(weights_only=True) reads the checkpoint back
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _set_numpy_state(state: Sequence[Any]) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+@dataclass
+class _FitState:
+    """What a fit needs to go on after an epoch as if it had never stopped: the model (parameters and
+    buffers: BatchNorm statistics), optimizer, schedule, losses so far, and every random state it draws
+    from (data order, the caller's generators such as augmentation's, and the global ones)."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    order: torch.Generator
+    generators: Sequence[torch.Generator]
+    fingerprint: str
+    path: Path
+    every_s: float
+    saved_at: float = field(default_factory=time.monotonic)
+
+    def after_epoch(self, epoch: int, history: list[float]) -> None:
+        """Save the state after `epoch` (1-based) if `every_s` has passed since the last save."""
+        if time.monotonic() - self.saved_at >= self.every_s:
+            self.save(epoch, history)
+            self.saved_at = time.monotonic()
+
+    def save(self, epoch: int, history: list[float]) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "history": list(history),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "order": self.order.get_state(),
+            "generators": [g.get_state() for g in self.generators],
+            "python": random.getstate(),
+            "numpy": _numpy_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        make_private_dir(self.path.parent)
+        write_atomic(self.path, buffer.getvalue(), private=True)  # a kill mid-write leaves the previous one
+
+    def load(self) -> tuple[int, list[float]] | None:
+        """(epochs done, their losses) from the checkpoint, with every state restored; None when there
+        is no checkpoint of this fit."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            return None
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.order.set_state(state["order"])
+        for g, saved in zip(self.generators, state["generators"], strict=True):
+            g.set_state(saved)
+        random.setstate(state["python"])
+        _set_numpy_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"]:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        return int(state["epoch"]), [float(x) for x in state["history"]]
+
+
+def _fingerprint(
+    net: str, recipe: Recipe, n: int, seed: int, epochs: int, model: nn.Module, generators: int
+) -> str:
+    """What identifies one fit across attempts; a checkpoint of any other fit is not loaded."""
+    fields = (recipe.optimizer, recipe.lr, recipe.batch_size, recipe.weight_decay, recipe.min_steps)
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return repr((net, n, seed, epochs, fields, generators, shapes))
+
+
 def fit(
-    params: Iterable[nn.Parameter],
+    trained: nn.Module | Iterable[nn.Parameter],
     *,
     recipe: Recipe,
     n: int,
@@ -82,23 +234,41 @@ def fit(
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
     net: str = "net",
+    generators: Sequence[torch.Generator] = (),
 ) -> list[float]:
     """Minimise loss_fn over shuffled index batches of n samples for recipe.epochs epochs
     (more when that makes fewer than recipe.min_steps steps).
 
     Cosine learning-rate decay; batches of one sample are skipped (BatchNorm needs two).
     Returns the mean loss of each epoch. `net` names what trains in progress reports (entities.progress).
+
+    `trained`: a module (its parameters that require gradients train) or bare parameters. Inside a
+    `checkpointing()` block a module's fit saves its state after epochs and resumes from a saved one;
+    `generators` are the generators loss_fn draws from (augmentation), saved and restored with it, so
+    that a resumed fit ends bit for bit where an uninterrupted one does. on_epoch sees the epochs this
+    call runs.
     """
-    params = [p for p in params if p.requires_grad]
+    model = trained if isinstance(trained, nn.Module) else None
+    candidates = trained.parameters() if isinstance(trained, nn.Module) else trained
+    params = [p for p in candidates if p.requires_grad]
     opt = OPTIMIZERS.get(recipe.optimizer)(params, recipe)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     # a small dataset trains for more epochs, so that every run gets at least min_steps updates
     epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     generator = seed_everything(seed)
-    history = []
-    progress = tracker(net, epochs * steps_per_epoch, epochs)
-    for epoch in range(epochs):
+    history: list[float] = []
+    start = 0
+    saver, ckpt = None, _CHECKPOINTS.get()
+    if ckpt is not None and model is not None:
+        fingerprint = _fingerprint(net, recipe, n, seed, epochs, model, len(generators))
+        path = ckpt.next_path()
+        saver = _FitState(model, opt, schedule, generator, generators, fingerprint, path, ckpt.every_s)
+        if (done := saver.load()) is not None:
+            start, history = done
+            ckpt.resumed.append((ckpt.calls - 1, net, start + 1))
+    progress = tracker(net, (epochs - start) * steps_per_epoch, epochs)
+    for epoch in range(start, epochs):
         total, count = 0.0, 0
         for index in batches(n, recipe.batch_size, generator):
             progress.step(len(index), epoch + 1)
@@ -113,6 +283,8 @@ def fit(
             total += loss.item() * len(index)
             count += len(index)
         history.append(total / max(count, 1))
+        if saver is not None:
+            saver.after_epoch(epoch + 1, history)
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
     progress.finish()

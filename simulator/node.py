@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from entities import progress
+from entities.training import checkpointing
 from simulator import roles, sealing
 from simulator.cache import scenario_of
 from simulator.progress import party_task
@@ -22,6 +23,7 @@ from simulator.views import Forbidden, PartyView
 EXPECTED, WROTE = "expected", "wrote"  # the task's and the reply's digest lists (simulator.engines)
 # What a reply says of the node that ran the task, for the manifest (simulator.engines.drive).
 NODE_FACTS = ("node_torch_threads", "node_torch_interop_threads", "node_pid")
+RESUMED = "resumed_fits"  # "FIT:NET:EPOCH" for each fit that went on from an earlier attempt's checkpoint
 
 
 def hello(root: Path, name: str) -> Payload:
@@ -44,10 +46,14 @@ def handle(root: Path, name: str, task: Task) -> Payload:
     expected = task.payload.config.get(EXPECTED, [])
     digests = dict(str(x).partition("=")[::2] for x in (expected if isinstance(expected, list) else []))
     view = PartyView(root, party, scenario, expected=digests)
-    # what the party is doing, for the driver's display (simulator.progress); a stage may name finer units
+    # what the party is doing, for the driver's display (simulator.progress); a stage may name finer units.
+    # Its fits checkpoint in its private directory, so that a task killed mid-fit resumes mid-fit.
     with party_task(root, name, task.stage, task.key) as sink, progress.reporting(sink):
         with progress.unit(task.key if task.key != task.stage else ""):
-            reply = stage.work(view, task)
+            with checkpointing(view.checkpoint_dir(task.stage, task.key)) as checkpoints:
+                reply = stage.work(view, task)
+    if checkpoints.resumed:
+        reply.config[RESUMED] = [f"{i}:{net}:{epoch}" for i, net, epoch in checkpoints.resumed]
     reply.reads = view.reads + reply.reads
     # the threads this node really trained with, not the driver's (they differ: a GPU host's driver has 16)
     facts = (torch.get_num_threads(), torch.get_num_interop_threads(), os.getpid())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from simulator.schema import Scenario
 
 IDENTITY_FILE = "identity.key"
 KEYS_DIR = "keys"
+CHECKPOINTS_PREFIX = "checkpoints-"  # a task's fits' checkpoints, in the private directory
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -94,6 +96,15 @@ class PartyView:
         if not _PLAIN_NAME.fullmatch(name):
             raise Forbidden(f"{name!r} is not a plain file name of {self.name}'s private directory")
         return make_private_dir(self._mine / "private") / name
+
+    def checkpoint_dir(self, stage: str, key: str) -> Path:
+        """Where one task's fits keep their checkpoints (entities.training.checkpointing): a directory of
+        this party's private directory (0700, files 0600; made at the first save, removed when the task
+        ends), named after the task. The party's own scratch: never reported, read back only by a later
+        attempt at the same task."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:40]
+        crc = zlib.crc32(f"{stage}/{key}".encode())  # two keys that slug alike stay apart
+        return make_private_dir(self._mine / "private") / f"{CHECKPOINTS_PREFIX}{stage}-{slug}-{crc:08x}"
 
     def _wrote(self, where: str, data: bytes) -> None:
         self.wrote[where] = self.expected[where] = hashlib.sha256(data).hexdigest()

@@ -147,7 +147,7 @@ def train_decoder(
         out = decoder(features[index].float().to(dev))
         return (out - images[index].to(dev)).abs().mean()
 
-    history = fit(decoder.parameters(), recipe=training, n=len(features), loss_fn=loss, seed=seed, net=net)
+    history = fit(decoder, recipe=training, n=len(features), loss_fn=loss, seed=seed, net=net)
     return decoder.eval().cpu(), history
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from entities.registry import Registry
 from simulator import roles
-from simulator.node import EXPECTED, NODE_FACTS, WROTE
+from simulator.node import EXPECTED, NODE_FACTS, RESUMED, WROTE
 from simulator.pool import Pool, PoolError
 from simulator.protocol import Payload, Record, Task
 from simulator.rundir import RunDir
@@ -196,6 +196,13 @@ def audit_reply(server: Server, task: Task, reply: Payload) -> dict[str, str]:
             dtype=pub.dtype,
             sha256=pub.sha256,
         )
+    resumed = reply.config.get(RESUMED, [])
+    for entry in resumed if isinstance(resumed, list) else [resumed]:
+        # a fit of this task went on from the checkpoint an earlier attempt left: which, and from when
+        fit, _, rest = str(entry).partition(":")
+        net, _, epoch = rest.rpartition(":")
+        number = {k: int(v) if v.isdigit() else v for k, v in (("fit", fit), ("epoch", epoch))}
+        server.audit("fit.resume", party=task.party, stage=task.stage, key=task.key, net=net, **number)
     for item in reply.sealed:
         # What was sealed to whom, and the plaintext's digest: never its content.
         server.audit(
