@@ -67,7 +67,9 @@ def veil_loop(backbone: Backbone, images: np.ndarray, labels: np.ndarray, batch:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--split", default="conv2_x")
     parser.add_argument("--side", type=int, default=224)
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     plain, veil = statistics.median(rates["plain"]), statistics.median(rates["veil"])
     print(
         f"{args.backbone} at {args.side} px, batch {args.batch}, {args.steps} steps a round, "
-        f"{args.threads} threads: plain {plain:.2f} images/s, Veil {veil:.2f} images/s, ratio {veil / plain:.3f}"
+        f"{args.threads} threads: plain {plain:.2f} images/s, Veil {veil:.2f} images/s, "
+        f"ratio {veil / plain:.3f}"
     )
     print(f"load: {os.getloadavg()}")
     return 0
