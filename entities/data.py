@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+
+from entities.datasets.base import ImageSet, images_budget
+
+Images = np.ndarray | ImageSet  # pixels in memory, or a set read by index
 
 
 def _controlled_round(counts: np.ndarray, cols: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -98,3 +102,30 @@ def to_float(images: np.ndarray) -> torch.Tensor:
     if images.dtype != np.uint8:
         raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
     return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+
+
+def in_memory(images: Images, factor: int = 4) -> bool:
+    """Whether `images` as float32 (`factor` bytes a value) fit the budget one split may hold."""
+    n = images.nbytes if isinstance(images, ImageSet) else images.size
+    return isinstance(images, np.ndarray) or n * factor <= images_budget()
+
+
+def batch_reader(images: Images) -> Callable[[torch.Tensor], torch.Tensor]:
+    """index -> float32 images in [0, 1]. In memory when they fit (one float copy, every batch a slice of
+    it: the values are those of converting all at once), else each batch decoded when it is asked for."""
+    if in_memory(images):
+        x = to_float(images.images if isinstance(images, ImageSet) else images)
+        return lambda index: x[index]
+    assert isinstance(images, ImageSet)
+    return lambda index: to_float(images.read(np.asarray(index)))
+
+
+@torch.no_grad()
+def over_batches(
+    images: Images, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 256
+) -> torch.Tensor:
+    """fn over every image in order, `batch_size` at a time, without gradients, the results on the CPU
+    (training.apply for images that may not fit in memory)."""
+    read, n = batch_reader(images), len(images)
+    parts = [fn(read(torch.arange(i, min(i + batch_size, n)))).cpu() for i in range(0, n, batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0)

@@ -8,6 +8,7 @@ numbers; where anything is kept or sent is the caller's business (simulator.stag
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from entities import data, datasets
+from entities.data import Images, batch_reader, in_memory, over_batches
 from entities.metrics import accuracy, distillation, l1, ssim
 from entities.nets import DPM, build_classifier, build_reconstructor, feature_shape
 from entities.recipes import BackboneSpec, DPMRecipe, DPMShape, Recipe, ReconstructorSpec, RefineRecipe
@@ -109,25 +111,26 @@ def load_nets(
 def train_classifier(
     backbone: BackboneSpec,
     recipe: Recipe,
-    images: np.ndarray,
+    images: Images,
     labels: np.ndarray,
     num_classes: int,
     *,
     seed: int,
 ) -> tuple[nn.Module, nn.Module]:
-    """F+C from scratch on raw images (the leader's pre-training, and the raw-image table rows)."""
+    """F+C from scratch on raw images (the leader's pre-training, and the raw-image table rows); images
+    that do not fit in memory are decoded batch by batch."""
     dev = device()
     torch.manual_seed(seed)
     featurizer, decider = build_classifier(backbone.name, backbone.split, num_classes)
     net = nn.Sequential(featurizer, decider).to(dev).train()
-    x, y = to_float(images), torch.as_tensor(labels)
+    read, y = batch_reader(images), torch.as_tensor(labels)
     aug = torch.Generator().manual_seed(seed + 1)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        xb = flip(x[index], aug).to(dev)
+        xb = flip(read(index), aug).to(dev)
         return nn.functional.cross_entropy(net(xb), y[index].to(dev))
 
-    fit(net, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="classifier", generators=[aug])
+    fit(net, recipe=recipe, n=len(y), loss_fn=loss, seed=seed, net="classifier", generators=[aug])
     return featurizer.eval().cpu(), decider.eval().cpu()
 
 
@@ -139,18 +142,32 @@ def train_reconstructor(
     *,
     seed: int,
 ) -> nn.Module:
-    """R inverts the frozen F, trained with L1 on the public set D_q only."""
+    """R inverts the frozen F, trained with L1 on the public set D_q only.
+
+    F is frozen, so its features are computed once when they and the images fit in memory; otherwise
+    each batch is decoded and featurized when it is used."""
     dev = device()
     torch.manual_seed(seed)
     featurizer = featurizer.to(dev).eval()
-    x = to_float(public.images)
-    feats = apply(lambda b: featurizer(b.to(dev)), x)
-    recon = new_reconstructor(spec, backbone, feats.shape[1]).to(dev)
+    shape = feature_shape(featurizer.cpu(), public.side)
+    featurizer = featurizer.to(dev)
+    recon = new_reconstructor(spec, backbone, shape[0]).to(dev)
+    read = batch_reader(public)
+    if in_memory(public, factor=4 + 4 * math.prod(shape) // (3 * public.side**2)):
+        feats = over_batches(public, lambda b: featurizer(b.to(dev)))
+
+        def features(index: torch.Tensor) -> torch.Tensor:
+            return feats[index].to(dev)
+    else:
+
+        def features(index: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return featurizer(read(index).to(dev))
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        return l1(recon(feats[index].to(dev)), x[index].to(dev)).mean()
+        return l1(recon(features(index)), read(index).to(dev)).mean()
 
-    fit(recon, recipe=spec.training, n=len(x), loss_fn=loss, seed=seed, net="reconstructor")
+    fit(recon, recipe=spec.training, n=len(public), loss_fn=loss, seed=seed, net="reconstructor")
     featurizer.cpu()
     return recon.eval().cpu()
 
@@ -305,6 +322,6 @@ def evaluate(featurizer: nn.Module, decider: nn.Module, test: datasets.ImageSet)
     """Top-1/top-5 of C(F(x)) on the shared test set."""
     dev = device()
     net = nn.Sequential(featurizer, decider).to(dev).eval()
-    logits = apply(lambda b: net(b.to(dev)), to_float(test.images))
+    logits = over_batches(test, lambda b: net(b.to(dev)))
     net.cpu()
     return accuracy(logits, torch.as_tensor(test.labels))

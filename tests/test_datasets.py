@@ -362,3 +362,30 @@ def test_person_reidentification_finds_the_other_image_of_the_same_person() -> N
     assert rate < 0.5
     alone, scored = person_reidentification(faces, people + 100, gallery, people, size=10)
     assert scored == 0  # nobody in the gallery: nothing to score, not a miss
+
+
+def test_training_reads_batches_when_the_images_do_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget smaller than the data, pre-training, R and evaluation decode batch by batch and never
+    hold a whole split: the ImageSets' whole-set pixels are never built."""
+    from entities import entity as E
+    from simulator.schema import Backbone, ReconstructorSection, Training
+
+    monkeypatch.setenv("VEIL_IMAGES_GIB", str(20_000 / 2**30))  # 20 kB: a few 32-pixel images
+    data = load_dataset(
+        section({"kind": "image_folder", "root": str(make_imagenet(tmp_path)), "image_size": 32}), seed=0
+    )
+    backbone = Backbone(name="resnet18", split="conv2_x")
+    recipe = Training(epochs=1, lr=0.01, batch_size=16)
+    featurizer, decider = E.train_classifier(
+        backbone, recipe, data.task_train, data.task_train.labels, len(data.task_train.classes), seed=0
+    )
+    spec = ReconstructorSection(
+        width=8, blocks_per_upscale=1, training=Training(epochs=1, lr=0.001, batch_size=16)
+    )
+    E.train_reconstructor(spec, backbone, featurizer, data.public_train, seed=1)
+    scores = E.evaluate(featurizer, decider, data.task_test)
+    assert 0 <= scores["top1"] <= 100
+    for split in (data.task_train, data.public_train, data.task_test):
+        assert "images" not in split.__dict__  # functools.cached_property: never computed

@@ -5,6 +5,8 @@ Torch-free (Pillow and numpy): the kinds' checks run at validation, before torch
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +32,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # check() opens at most this many image headers (a seeded sample beyond); reading a batch names any other
 # file that does not decode
 CHECK_HEADERS = 20_000
+# threads that decode a batch's files (VEIL_DECODE_THREADS): the node's CPU share is the useful bound
+DECODE_THREADS = max(1, int(os.environ.get("VEIL_DECODE_THREADS", min(4, os.cpu_count() or 1))))
+
+
+@functools.cache
+def _decoders() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="veil-decode")
 
 
 class Sampling(ClassSplit):
@@ -100,13 +109,21 @@ class FileSource:
 
     def read(self, index: np.ndarray) -> np.ndarray:
         out = np.empty((len(index), 3, self.side, self.side), dtype=np.uint8)
-        for i, j in enumerate(np.asarray(index).tolist()):
+
+        def decode(i: int, j: int) -> None:
             path = self.paths[j]
             try:
                 with Image.open(path) as img:
                     out[i] = square(img, self.side, crop=self.crop, resize=self.resize)
             except (OSError, UnidentifiedImageError, ValueError) as e:
                 raise DatasetError(path, f"does not decode as an image ({e})", self.layout) from None
+
+        jobs = list(enumerate(np.asarray(index).tolist()))
+        if len(jobs) < 2 * DECODE_THREADS:
+            for i, j in jobs:
+                decode(i, j)
+        else:  # Pillow decodes and resizes without the GIL: threads use the node's cores
+            list(_decoders().map(lambda job: decode(*job), jobs))
         return out
 
 

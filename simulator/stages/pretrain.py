@@ -11,7 +11,7 @@ from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
-from simulator.stages.prepare import own_partition
+from simulator.stages.prepare import own_set
 from simulator.views import PartyView
 
 SHARED_NETS = ("featurizer", "decider", "reconstructor")
@@ -38,12 +38,12 @@ class Pretrain(Stage):
         s = view.scenario
         assert s.pretrain is not None and s.reconstructor is not None  # the schema requires them
         data = cache.dataset(view)
-        images, labels = own_partition(view)
+        mine = own_set(view)  # decoded batch by batch when it does not fit in memory
         seed = own_raw_seed(s, view.name)
         t0 = time.monotonic()
         with recording() as fc_curves:
             featurizer, decider = E.train_classifier(
-                s.backbone, s.pretrain, images, labels, len(data.task_train.classes), seed=seed
+                s.backbone, s.pretrain, mine, mine.labels, len(data.task_train.classes), seed=seed
             )
         t1 = time.monotonic()
         with recording() as r_curves:
