@@ -318,6 +318,12 @@ class RunDir:
         its file and labels together)."""
         return dict(self.manifest().get("digests") or {})
 
+    def record_facts(self, key: str, facts: dict[str, Any]) -> None:
+        """A fact of the run as its parties reported it (the dataset's sizes), under `key` in the manifest."""
+        data = self.manifest()
+        data[key] = facts
+        self._write_manifest(data)
+
     def record_digests(self, digests: dict[str, str]) -> None:
         data = self.manifest()
         data.setdefault("digests", {}).update(digests)

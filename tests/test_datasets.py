@@ -3,6 +3,7 @@ and the smoke scenario run on each through the real simulation."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -298,6 +299,7 @@ def test_a_kind_added_in_a_test_module_runs_the_smoke_scenario(tmp_path: Path) -
         DATASETS.register("stripes")(Stripes)
     doc = yaml.safe_load(SMOKE.read_text())
     doc["dataset"] = {"kind": "stripes", "image_size": 32}
+    del doc["data_owner"], doc["adversaries"]  # the Deep Poisoning stages are what read a dataset's kind
     scenario = tmp_path / "stripes.yaml"
     scenario.write_text(yaml.safe_dump(doc))
     assert isinstance(load_scenario(scenario).dataset, StripesDataset)
@@ -306,6 +308,9 @@ def test_a_kind_added_in_a_test_module_runs_the_smoke_scenario(tmp_path: Path) -
     assert main(["run", str(scenario), "--out", str(tmp_path / "runs"), "--engine", "inline"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
     assert finite_top1(run)
+    dataset = json.loads((run / "manifest.json").read_text())["dataset"]  # what the run read, and its size
+    assert dataset["kind"] == "stripes" and dataset["images"]["task_train"] == 180
+    assert dataset["bytes"] == (180 + 60 + 90 + 30) * 3 * 32 * 32
 
 
 # --- the smoke scenario on each layout, through the real Flower simulation ---------------------------

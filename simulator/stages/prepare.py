@@ -56,8 +56,36 @@ class Prepare(Stage):
         buffer = io.BytesIO()
         np.savez(buffer, index=mine, digest=np.array(data.digest))
         view.write_private(PARTITION_FILE, buffer.getvalue())
-        return Payload(metrics={"n_train": len(mine), "n_classes": len(data.task_train.classes)})
+        splits = {
+            name: getattr(data, name) for name in ("task_train", "task_test", "public_train", "public_test")
+        }
+        return Payload(
+            config={"dataset_digest": data.digest, "dataset_kind": scenario.dataset.kind},
+            metrics={
+                "n_train": len(mine),
+                "n_classes": len(data.task_train.classes),
+                "n_public_classes": len(data.public_train.classes),
+                "side": data.task_train.side,
+                **{f"images_{name}": len(split) for name, split in splits.items()},
+                "bytes": data.nbytes,
+            },
+        )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         n = int(reply.number("n_train"))
         server.records.append(Record("partitions", None, task.party, task.party, "n_train", n))
+        if task.party == server.of_role(Role.ENTITY)[0]:  # every entity reads the same dataset
+            m = reply.metrics
+            server.run.record_facts(
+                "dataset",
+                {
+                    "kind": reply.config["dataset_kind"],
+                    "digest": reply.config["dataset_digest"],
+                    "classes": {"task": int(m["n_classes"]), "public": int(m["n_public_classes"])},
+                    "images": {
+                        k.removeprefix("images_"): int(v) for k, v in m.items() if k.startswith("images_")
+                    },
+                    "side": int(m["side"]),
+                    "bytes": int(m["bytes"]),
+                },
+            )
