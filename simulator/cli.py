@@ -127,7 +127,37 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return _write_report(args, root)
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    """`veil run FILE --dry-run`: the plan of one run on this machine (simulator.plan); writes nothing."""
+    if args.resume or args.report:
+        flag = "--resume" if args.resume else "--report"
+        print(f"veil run: --dry-run plans a new run; drop {flag}", file=sys.stderr)
+        return EXIT_INVALID
+    if _wants_sweep(args):
+        print(
+            "veil run: --dry-run plans one run; drop --seeds and give each --set one value "
+            "(a sweep's runs each need what one run needs, one after another)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if not args.file:
+        print("veil run: give a scenario FILE", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        scenario = load_scenario(args.file, args.set)
+        from simulator.plan import dry_run  # torch loads here
+
+        text, _ = dry_run(scenario, Path(args.out))
+    except ScenarioError as err:
+        print(err, file=sys.stderr)
+        return EXIT_INVALID
+    print(text, end="")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     if _wants_sweep(args):
         return _run_sweep(args)
     try:  # the inputs first, before torch and flwr load and before anything is written
@@ -310,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"
     )
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting one")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (parties, stages, images, pool bytes, disk and memory needed, a time per stage "
+        "from a throughput measured here) without training or writing anything",
+    )
     p.add_argument(
         "--engine",
         choices=("flower", "inline"),

@@ -9,9 +9,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from entities.datasets import DatasetError, kind_of
+from entities.datasets import DatasetError, TaskData, kind_of
 from simulator.schema import MIN_TRAIN_IMAGES, Problem, Scenario, ScenarioError
 
 MIN_FREE_MB = 200  # below this much free space (VEIL_MIN_FREE_MB) a run does not start
@@ -58,23 +59,30 @@ def check_scenario_unchanged(root: Path) -> None:
         raise ScenarioError(str(path), [problem])
 
 
-def check_dataset(scenario: Scenario) -> None:
-    """Raise ScenarioError when the dataset's files are not where the section says, or not in its kind's
-    layout, or hold too few images for the entities: the path and the layout expected, before any training
-    and before anything is written."""
+SPLITS = ("task_train", "task_test", "public_train", "public_test")
+
+
+def load_checked(scenario: Scenario) -> TaskData:
+    """The scenario's dataset, its files checked in its kind's layout; a ScenarioError naming the path and
+    the layout expected when they are not."""
     section = scenario.dataset
     try:
         kind = kind_of(section)
         kind.check(section)
-        data = kind.load(section, seed=scenario.task_seed)
+        return kind.load(section, seed=scenario.task_seed)
     except DatasetError as err:
         problem = Problem("dataset", f"{err.problem}; expected {err.expected}")
         raise ScenarioError(err.path, [problem]) from None
+
+
+def check_counts(scenario: Scenario, sizes: Mapping[str, int]) -> None:
+    """Raise ScenarioError when a split the run trains on is empty or an entity's share of the training
+    images is too small to train on; `sizes`: images per split (SPLITS)."""
     problems = []
-    for name in ("task_train", "task_test", "public_train"):
-        if len(getattr(data, name)) == 0:
+    for name in SPLITS[:3]:
+        if sizes[name] == 0:
             problems.append(Problem("dataset", f"the {name} split holds no images"))
-    n = len(data.task_train)
+    n = sizes["task_train"]
     for i, entity in enumerate(scenario.entities):
         got = max(1, round(entity.fraction * n))
         if got < MIN_TRAIN_IMAGES:
@@ -86,7 +94,7 @@ def check_dataset(scenario: Scenario) -> None:
                 )
             )
     owner = scenario.data_owner
-    n_test = len(data.task_test)
+    n_test = sizes["task_test"]
     for i, user in enumerate(owner.users if owner is not None else []):
         for j, index in enumerate(user.grant):
             if index >= n_test:
@@ -97,7 +105,16 @@ def check_dataset(scenario: Scenario) -> None:
                     )
                 )
     if problems:
-        raise ScenarioError(str(getattr(section, "root", section.kind)), problems)
+        raise ScenarioError(str(getattr(scenario.dataset, "root", scenario.dataset.kind)), problems)
+
+
+def check_dataset(scenario: Scenario) -> TaskData:
+    """Raise ScenarioError when the dataset's files are not where the section says, or not in its kind's
+    layout, or hold too few images for the entities: the path and the layout expected, before any training
+    and before anything is written. Returns the dataset (its pixels still on disk)."""
+    data = load_checked(scenario)
+    check_counts(scenario, {name: len(getattr(data, name)) for name in SPLITS})
+    return data
 
 
 def check_devices(scenario: Scenario) -> None:

@@ -307,6 +307,22 @@ def files_digest(root: Path, files: Sequence[Path | str], extra: str) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Published:
+    """A dataset's sizes as its authors published them, for planning a run (`veil run --dry-run`) on a
+    machine that does not hold the files. Never used to train: a run reads the files or refuses.
+
+    `splits`: the images per split (task_train, task_test, public_train, public_test) the section would
+    give, estimated from the published counts with every class taken as the same size."""
+
+    name: str  # what the numbers are of, e.g. "ImageNet-1k (ILSVRC 2012)"
+    images: int  # in the whole dataset as published
+    classes: int  # in the whole dataset (people, for a face dataset's identity task)
+    task_classes: int  # D_p's, under the section's class split
+    public_classes: int  # D_q's
+    splits: dict[str, int]
+
+
 S = TypeVar("S", bound=DatasetSection)
 
 
@@ -318,6 +334,11 @@ class DatasetKind(ABC, Generic[S]):
     def check(self, spec: S) -> None:
         """Raise a DatasetError when the files are not there or not in this kind's layout. Called before
         any training (and by `veil validate`), so it only lists and opens what it must, not every image."""
+
+    def published(self, spec: S) -> Published | None:
+        """The dataset's published sizes under this section, when this kind knows them (a public dataset
+        such as ImageNet or CelebA), else None. Only for a plan on a machine without the files."""
+        return None
 
     @abstractmethod
     def load(self, spec: S, *, seed: int, side: int | None = None) -> TaskData:

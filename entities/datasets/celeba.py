@@ -23,15 +23,27 @@ from entities.datasets.base import (
     DatasetKind,
     DatasetSection,
     ImageSet,
+    Published,
     SubsetSource,
     TaskData,
     files_digest,
 )
-from entities.datasets.files import FileSource, Geometry, Sampling, assemble, cap_per_class, check_headers
+from entities.datasets.files import (
+    FileSource,
+    Geometry,
+    Sampling,
+    assemble,
+    cap_per_class,
+    check_headers,
+    published_split,
+)
 from entities.registry import DATASETS
 
 IMAGES = "img_align_celeba"
 ATTRIBUTES, IDENTITIES, PARTITION = "list_attr_celeba.txt", "identity_CelebA.txt", "list_eval_partition.txt"
+# Aligned CelebA as published: 202,599 images of 10,177 people (list_eval_partition: 162,770 train,
+# 19,867 valid, 19,962 test; Veil holds out its own test share instead, per person or per class)
+IMAGES_PUBLISHED, PEOPLE_PUBLISHED = 202_599, 10_177
 LAYOUT = f"{IMAGES}/<name>.jpg with {ATTRIBUTES}, {IDENTITIES} and {PARTITION} in their published formats"
 
 
@@ -103,6 +115,32 @@ class Celeba(DatasetKind[CelebaDataset]):
         if missing:
             raise DatasetError(folder / missing[0], f"is listed but missing ({len(missing)} in all)", LAYOUT)
         check_headers([str(folder / f) for f in files], LAYOUT)
+
+    def published(self, spec: CelebaDataset) -> Published | None:
+        """The published counts under this section: the identity task's classes are the people (every
+        one counted: how many have fewer than `min_images` is not published); an attribute task halves the
+        people, each half holding out `test_share` of its images."""
+        test = round(IMAGES_PUBLISHED * spec.test_share)
+        if spec.task == "identity":
+            return published_split(
+                spec,
+                name="CelebA (aligned)",
+                classes=PEOPLE_PUBLISHED,
+                train=IMAGES_PUBLISHED - test,
+                test=test,
+            )
+        half_train, half_test = (IMAGES_PUBLISHED - test) // 2, test // 2
+
+        def capped(n: int, cap: int | None) -> int:
+            return n if cap is None else min(n, 2 * cap)  # two classes: the attribute and its absence
+
+        splits = {
+            "task_train": capped(half_train, spec.train_per_class),
+            "task_test": capped(half_test, spec.test_per_class),
+            "public_train": capped(half_train, spec.public_per_class or spec.train_per_class),
+            "public_test": capped(half_test, spec.test_per_class),
+        }
+        return Published("CelebA (aligned)", IMAGES_PUBLISHED, 2, 2, 2, splits)
 
     def load(self, spec: CelebaDataset, *, seed: int, side: int | None = None) -> TaskData:
         files, attrs, names, people, _ = _table(spec.root)

@@ -16,8 +16,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from entities.datasets.base import DatasetError, DatasetKind, DatasetSection, TaskData, files_digest
-from entities.datasets.files import Geometry, ResizedSource, Sampling, assemble
+from entities.datasets.base import (
+    DatasetError,
+    DatasetKind,
+    DatasetSection,
+    Published,
+    TaskData,
+    files_digest,
+)
+from entities.datasets.files import Geometry, ResizedSource, Sampling, assemble, published_split
 from entities.registry import DATASETS
 
 
@@ -98,6 +105,13 @@ class _Cifar(DatasetKind[CifarDataset]):
     def check(self, spec: CifarDataset) -> None:
         self._read(spec)
 
+    def _classes(self, spec: CifarDataset) -> int:
+        raise NotImplementedError
+
+    def published(self, spec: CifarDataset) -> Published | None:
+        """The archive's sizes as published: 50,000 training and 10,000 test images, equal per class."""
+        return published_split(spec, name=self.folder, classes=self._classes(spec), train=50_000, test=10_000)
+
     def load(self, spec: CifarDataset, *, seed: int, side: int | None = None) -> TaskData:
         images, labels, tests, names, files = self._read(spec)
         return assemble(
@@ -126,6 +140,9 @@ class Cifar10(_Cifar):
     def _names_key(self, spec: CifarDataset) -> bytes:
         return b"label_names"
 
+    def _classes(self, spec: CifarDataset) -> int:
+        return 10
+
 
 @DATASETS.register("cifar100")
 class Cifar100(_Cifar):
@@ -140,3 +157,6 @@ class Cifar100(_Cifar):
 
     def _names_key(self, spec: CifarDataset) -> bytes:
         return b"coarse_label_names" if getattr(spec, "labels", "fine") == "coarse" else b"fine_label_names"
+
+    def _classes(self, spec: CifarDataset) -> int:
+        return 20 if getattr(spec, "labels", "fine") == "coarse" else 100

@@ -21,6 +21,7 @@ from entities.datasets.base import (
     DatasetError,
     ImageSet,
     ImageSource,
+    Published,
     SubsetSource,
     TaskData,
     split_classes,
@@ -227,3 +228,25 @@ def assemble(
         public_test=part(public, True, spec.test_per_class, 5, "D_q test"),
         digest=digest,
     )
+
+
+def published_split(spec: Sampling, *, name: str, classes: int, train: int, test: int) -> Published:
+    """What `assemble` would make of a dataset of `classes` classes with `train` training and `test` test
+    images as published, every class taken as the same size: the class split (as `split_classes` counts
+    it) and the per-class caps. For a plan without the files (DatasetKind.published)."""
+    t, p = spec.task_classes, spec.public_classes
+    n_task = len(t) if isinstance(t, list) else t if isinstance(t, int) else classes // 2
+    rest = max(0, classes - n_task)
+    n_public = len(p) if isinstance(p, list) else min(p, rest) if isinstance(p, int) else rest
+
+    def images(n_classes: int, per_class: float, cap: int | None) -> int:
+        return round(n_classes * (per_class if cap is None else min(per_class, cap)))
+
+    train_per, test_per = train / classes, test / classes
+    splits = {
+        "task_train": images(n_task, train_per, spec.train_per_class),
+        "task_test": images(n_task, test_per, spec.test_per_class),
+        "public_train": images(n_public, train_per, spec.public_per_class or spec.train_per_class),
+        "public_test": images(n_public, test_per, spec.test_per_class),
+    }
+    return Published(name, train + test, classes, n_task, n_public, splits)

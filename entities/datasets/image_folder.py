@@ -16,11 +16,28 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from entities.datasets.base import DatasetError, DatasetKind, DatasetSection, TaskData, files_digest
-from entities.datasets.files import FileSource, Geometry, Sampling, assemble, check_headers, image_files
+from entities.datasets.base import (
+    DatasetError,
+    DatasetKind,
+    DatasetSection,
+    Published,
+    TaskData,
+    files_digest,
+)
+from entities.datasets.files import (
+    FileSource,
+    Geometry,
+    Sampling,
+    assemble,
+    check_headers,
+    image_files,
+    published_split,
+)
 from entities.registry import DATASETS
 
 LAYOUT = "root/train/<class>/<image> and root/val/<class>/<image>, or root/<class>/<image>"
+# ILSVRC 2012 (ImageNet-1k) as published: 1000 classes, 1,281,167 training and 50,000 validation images
+IMAGENET = {"classes": 1000, "train": 1_281_167, "test": 50_000}
 
 
 class ImageFolderDataset(DatasetSection, Geometry, Sampling):
@@ -70,6 +87,14 @@ class ImageFolder(DatasetKind[ImageFolderDataset]):
         train, val = _layout(spec.root)
         files = [f for split in (train, val or {}) for fs in split.values() for f in fs]
         check_headers(files, LAYOUT)
+
+    def published(self, spec: ImageFolderDataset) -> Published | None:
+        """ImageNet-1k's sizes, for a root that names ImageNet (.../imagenet, ILSVRC...) and is not here; a
+        folder of one's own images has no published sizes, and one that is here is counted."""
+        named = any(w in str(spec.root).lower() for w in ("imagenet", "ilsvrc"))
+        if not named or spec.root.exists():
+            return None
+        return published_split(spec, name="ImageNet-1k (ILSVRC 2012)", **IMAGENET)
 
     def load(self, spec: ImageFolderDataset, *, seed: int, side: int | None = None) -> TaskData:
         train, val = _layout(spec.root)

@@ -36,23 +36,29 @@ def mirrored(scenario: Scenario) -> bool:
     return scenario.dpm.share_mirrored
 
 
+def originals_published(scenario: Scenario) -> set[str]:
+    """The entities that also publish their original (unprotected) features: only for the table's
+    reference rows, and for the attacks' counterfactual (the same entity without a DPM, to show what the
+    protection buys)."""
+    wanted = {
+        src.of
+        for row in scenario.collaboration
+        for src in row.sources()
+        if src.kind == "original" and src.of != row.entity
+    }
+    for adversary in scenario.adversaries:
+        if any(threats.ATTACKS[a.name].target == "pool" for a in adversary.attack_specs()):
+            wanted |= set(victims_of(scenario, adversary))
+    return wanted
+
+
 @register
 class Poison(Stage):
     name = "poison"
     roles = frozenset({Role.ENTITY})
 
     def plan(self, server: Server) -> list[Task]:
-        # Original (unprotected) features are published only for the table's reference rows, and for the
-        # attacks' counterfactual: the same entity without a DPM, to show what the protection buys.
-        wanted_original = {
-            src.of
-            for row in server.scenario.collaboration
-            for src in row.sources()
-            if src.kind == "original" and src.of != row.entity
-        }
-        for adversary in server.scenario.adversaries:
-            if any(threats.ATTACKS[a.name].target == "pool" for a in adversary.attack_specs()):
-                wanted_original |= set(victims_of(server.scenario, adversary))
+        wanted_original = originals_published(server.scenario)
         nets = server.run.load_nets()
         arrays = {name: cache.to_numpy(nets[name]) for name in ("featurizer", "decider", "reconstructor")}
         return [
