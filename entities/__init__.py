@@ -12,5 +12,6 @@
                       threat models and what each attack needs (no torch)
     registry.py       one registry per family (datasets, optimizers, DPM objectives, samplers, feature
                       sources, codecs); recipes.py the typed recipes entity functions take; files.py the
-                      one atomic (and private) file writer; grids.py image grids as PNG, to look at
+                      one atomic (and private) file writer; grids.py image grids as PNG, to look at;
+                      rows.py several arrays (the pool's memory maps) read as one, a batch at a time
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ from entities.metrics import accuracy, distillation, l1, ssim
 from entities.nets import DPM, build_classifier, build_reconstructor, feature_shape
 from entities.recipes import BackboneSpec, DPMRecipe, DPMShape, Recipe, ReconstructorSpec, RefineRecipe
 from entities.registry import OBJECTIVES
+from entities.rows import Rows
 from entities.training import apply, device, fit
 
 StateDict = dict[str, torch.Tensor]
@@ -254,10 +255,21 @@ def measure_dpm(nets: SharedNets, dpm: nn.Module, test: datasets.ImageSet) -> di
     return out
 
 
-def featurize(
-    featurizer: nn.Module, images: np.ndarray, dpm: nn.Module | None = None, *, mirrored: bool = False
-) -> torch.Tensor:
-    """F(x), or P(F(x)) when a DPM is given, for a whole image array.
+# Rows per chunk of features computed for the pool: a multiple of `apply`'s batch (256), so the batches,
+# and so the values, are those of one call over every image.
+FEATURE_CHUNK = 1024
+
+
+def featurize_chunks(
+    featurizer: nn.Module,
+    images: np.ndarray,
+    dpm: nn.Module | None = None,
+    *,
+    mirrored: bool = False,
+    chunk: int = FEATURE_CHUNK,
+) -> Iterator[torch.Tensor]:
+    """F(x), or P(F(x)) when a DPM is given, `chunk` rows at a time, so that neither the images as floats
+    nor their features need to fit in memory at once.
 
     With `mirrored`, the features of each image's mirror image follow those of the originals: the
     flip augmentation that raw-image training gets, precomputed, since the pool holds fixed features.
@@ -265,10 +277,27 @@ def featurize(
     dev = device()
     featurizer = featurizer.to(dev).eval()
     chain = featurizer if dpm is None else nn.Sequential(featurizer, dpm.to(dev).eval())
-    x = to_float(images)
-    out = apply(lambda b: chain(b.to(dev)), torch.cat([x, x.flip(-1)]) if mirrored else x)
-    chain.cpu()
-    return out
+    n = len(images)
+    try:
+        for start in range(0, 2 * n if mirrored else n, chunk):
+            stop = min(start + chunk, 2 * n if mirrored else n)
+            parts = []
+            if start < n:
+                parts.append(to_float(images[start : min(stop, n)]))
+            if stop > n:  # the mirror images of originals [start - n, stop - n)
+                parts.append(to_float(images[max(start, n) - n : stop - n]).flip(-1))
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            yield apply(lambda b: chain(b.to(dev)), x)
+    finally:
+        chain.cpu()
+
+
+def featurize(
+    featurizer: nn.Module, images: np.ndarray, dpm: nn.Module | None = None, *, mirrored: bool = False
+) -> torch.Tensor:
+    """F(x), or P(F(x)) when a DPM is given, for a whole image array (see featurize_chunks)."""
+    chunks = list(featurize_chunks(featurizer, images, dpm, mirrored=mirrored))
+    return torch.cat(chunks) if chunks else to_float(images)
 
 
 def reconstruct(nets: SharedNets, images: np.ndarray, dpm: nn.Module | None = None) -> torch.Tensor:
@@ -295,9 +324,16 @@ def keep_batchnorm_statistics(net: nn.Module) -> None:
 
 
 def train_decider(
-    recipe: RefineRecipe, decider: nn.Module, features: torch.Tensor, labels: torch.Tensor, *, seed: int
+    recipe: RefineRecipe,
+    decider: nn.Module,
+    features: Rows | torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int,
 ) -> nn.Module:
-    """Refine the shared C on a mix of features (rows 6-12 of Table 5)."""
+    """Refine the shared C on a mix of features (rows 6-12 of Table 5). Each batch's rows are gathered
+    from `features` and made float there, so memory-mapped pool shards are never read whole."""
+    features = Rows.of(features)
     dev = device()
     torch.manual_seed(seed)
     decider = decider.to(dev)

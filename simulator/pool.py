@@ -5,25 +5,28 @@ Layout of a pool directory::
     manifest.json                 one entry per shard: name, owner, file, shape, dtype, labels,
                                   sha256 and size of the shard file, sha256 of its labels
     .lock                         flock target that serialises manifest updates
-    <owner>--<name>.f16.npy       features, float16, written with numpy.save
+    <owner>--<name>.f16.npy       features, float16: the .npy numpy.save would write, written in chunks
 
 Several OS processes may publish at the same time. A shard is written to a temporary file in
 the pool directory, fsynced and moved into place with os.replace; the manifest is updated
 read-modify-write under an exclusive flock on ``.lock`` and itself replaced atomically, so no
 entry is ever lost. Readers take a shared lock only while they look up the entry and open the
-file; the digest is then computed on that open file and the very same file is memory-mapped,
-so the bytes handed out are the bytes that were verified.
+file; the digest is then computed on that open file (streamed, a chunk at a time) and the very
+same file is memory-mapped, so the bytes handed out are the bytes that were verified. Nothing
+here holds a whole shard in memory: publishing takes chunks of rows, and readers gather the rows
+of a batch from the maps (entities.rows), so the pool can exceed memory.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +42,8 @@ MANIFEST_VERSION = 1
 SUFFIX = ".f16.npy"
 _TMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # bytes per read when hashing a shard file
+_ROWS = 4096  # rows per chunk when publishing one array: its float16 copy is made a chunk at a time
 _INT64_MAX = np.iinfo(np.int64).max
 _F16_MAX = float(np.finfo(np.float16).max)
 
@@ -129,16 +133,26 @@ class Pool:
 
     # --- writing ------------------------------------------------------------------------
 
-    def publish(self, *, owner: str, name: str, features: np.ndarray, labels: np.ndarray) -> ShardInfo:
+    def publish(
+        self, *, owner: str, name: str, features: np.ndarray | Iterable[np.ndarray], labels: np.ndarray
+    ) -> ShardInfo:
         """Store ``features`` (cast to float16) and ``labels`` as shard (owner, name).
 
-        Re-publishing an existing (owner, name) replaces it. Invalid arguments raise ValueError
-        before anything is written.
+        ``features`` is one array or an iterable of row chunks (what featurizing in chunks yields), so a
+        shard need not fit in memory: each chunk is cast, checked, hashed and written as it comes. The
+        file is the .npy that numpy.save would write of the whole. Re-publishing an existing (owner, name)
+        replaces it. Invalid arguments raise ValueError, and nothing enters the pool.
         """
         _check_name("owner", owner)
         _check_name("name", name)
-        data = _as_features(features)
-        labs = _as_labels(labels, data.shape[0])
+        labs = _as_labels(labels)
+        chunks: Iterable[np.ndarray]
+        if isinstance(features, np.ndarray):
+            _check_features(features)  # before anything is written
+            _check_count(len(labs), features.shape[0])
+            chunks = (features[i : i + _ROWS] for i in range(0, max(len(features), 1), _ROWS))
+        else:
+            chunks = features
         file = shard_file(owner, name)
 
         fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=SUFFIX, dir=self.root)
@@ -146,17 +160,15 @@ class Pool:
         try:
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o644)
-                np.save(f, data, allow_pickle=False)
+                shape, digest, size = _write_npy(f, chunks, rows=len(labs))
                 f.flush()
                 os.fsync(f.fileno())
-            with open(tmp, "rb") as f:
-                digest, size = _digest(f)
             info = ShardInfo(
                 name=name,
                 owner=owner,
                 file=file,
-                shape=tuple(int(n) for n in data.shape),
-                dtype=str(data.dtype),
+                shape=shape,
+                dtype="float16",
                 sha256=digest,
                 bytes=size,
                 labels=labs,
@@ -198,6 +210,15 @@ class Pool:
             offset = self._check(f, info)
             features = np.memmap(f, dtype=np.float16, mode="r", shape=info.shape, offset=offset, order="C")
         return features, np.asarray(info.labels, dtype=np.int64)
+
+    def size(self) -> dict[str, int]:
+        """How much the pool holds, from its manifest: shards, feature rows, and bytes of shard files."""
+        entries = self._load()
+        return {
+            "shards": len(entries),
+            "rows": sum(e.shape[0] for e in entries),
+            "bytes": sum(e.bytes for e in entries),
+        }
 
     def verify(self) -> list[ShardInfo]:
         """Check every shard's file, digest and shape; raise on the first bad one."""
@@ -325,14 +346,24 @@ def _check_name(what: str, value: str) -> None:
         raise ValueError(f"{what} {value!r} is not a valid {what}: it must match {_NAME.pattern}")
 
 
-def _as_features(features: np.ndarray) -> np.ndarray:
-    arr = np.asarray(features)
+def _check_features(arr: np.ndarray) -> None:
     if arr.dtype.kind not in "iuf":
         raise ValueError(f"features must be a numeric (int or float) array, got dtype {arr.dtype}")
     if arr.ndim < 2:
         raise ValueError(f"features must have ndim >= 2, got shape {arr.shape}")
+
+
+def _as_features(features: np.ndarray) -> np.ndarray:
+    """One chunk of rows as C-ordered float16, refusing values that float16 cannot hold."""
+    arr = np.asarray(features)
+    _check_features(arr)
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float16)
+    if arr.dtype == np.float16:
+        return out  # nothing was cast, so nothing overflowed
+    # inf or NaN in the exponent bits: a cheap pass, so the exact count is made only when needed
+    if not ((out.view(np.uint16) & 0x7FFF) >= 0x7C00).any():
+        return out
     overflow = np.isinf(out) & np.isfinite(arr)
     if overflow.any():
         raise ValueError(
@@ -341,17 +372,63 @@ def _as_features(features: np.ndarray) -> np.ndarray:
     return out
 
 
-def _as_labels(labels: np.ndarray, rows: int) -> tuple[int, ...]:
+def _check_count(labels: int, rows: int) -> None:
+    if labels != rows:
+        raise ValueError(f"got {labels} labels for {rows} feature rows; the counts must be equal")
+
+
+def _as_labels(labels: np.ndarray) -> tuple[int, ...]:
     arr = np.asarray(labels)
     if arr.dtype.kind not in "iu":
         raise ValueError(f"labels must be an integer array, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
-    if arr.shape[0] != rows:
-        raise ValueError(f"got {arr.shape[0]} labels for {rows} feature rows; the counts must be equal")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > _INT64_MAX:
         raise ValueError("labels must fit in int64")
     return tuple(arr.astype(np.int64).tolist())
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The header numpy.save writes for a C-ordered float16 array of `shape` (the oldest format that fits)."""
+    d = np.lib.format.header_data_from_array_1_0(np.empty((0,), dtype=np.float16))
+    d["shape"] = shape
+    buffer = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, d)
+    except ValueError:  # a header too long for format 1.0: numpy.save moves to 2.0 too
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, d)
+    return buffer.getvalue()
+
+
+def _write_npy(f: IO[bytes], chunks: Iterable[np.ndarray], *, rows: int) -> tuple[tuple[int, ...], str, int]:
+    """Write `rows` rows arriving in chunks as one float16 .npy file, hashing what is written.
+
+    The header needs the whole shape before the first row: the row count comes from the labels, the row
+    shape from the first chunk. Returns (shape, sha256, bytes)."""
+    h = hashlib.sha256()
+    size, written, shape = 0, 0, None
+    for chunk in chunks:
+        data = _as_features(chunk)
+        if shape is None:
+            shape = (rows, *(int(n) for n in data.shape[1:]))
+            header = _npy_header(shape)
+            f.write(header)
+            h.update(header)
+            size += len(header)
+        elif data.shape[1:] != shape[1:]:
+            raise ValueError(f"a chunk has rows of shape {data.shape[1:]}, the first had {shape[1:]}")
+        written += data.shape[0]
+        if written > rows:
+            _check_count(rows, written)
+        raw = data.reshape(-1).view(np.uint8).data  # the chunk's bytes, not a copy
+        f.write(raw)
+        h.update(raw)
+        size += raw.nbytes
+    if shape is None:
+        raise ValueError("features yielded no chunks: a shard needs at least one (it may have no rows)")
+    _check_count(rows, written)
+    return shape, h.hexdigest(), size
 
 
 def labels_sha256(labels: tuple[int, ...]) -> str:

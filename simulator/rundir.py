@@ -3,8 +3,9 @@
 runs/<scenario>-<timestamp>/
     scenario.yaml          the resolved scenario
     manifest.json          seed, what made the run (version, commit, dirty tree), library versions,
-                           hardware, each node's torch threads, per-stage status and wall times, and the
-                           sha256 of every file a resume depends on ("digests")
+                           hardware, each node's torch threads, per-stage status and wall times, the
+                           sha256 of every file a resume depends on ("digests"), and the pool's size
+                           once it is complete ("pool": shards, rows, bytes)
     progress/<party>.json  each party's current work, written by its node; progress.log the driver's
                            plain lines of it (simulator.progress)
     .lock                  flock'd by the one `veil run` writing here: pid, host, start time
@@ -304,6 +305,12 @@ class RunDir:
             data.setdefault("digests", {}).update(digests)
         for party, facts in (nodes or {}).items():
             data.setdefault("nodes", {}).setdefault(party, {}).update(facts)
+        self._write_manifest(data)
+
+    def record_pool(self, size: dict[str, int]) -> None:
+        """The pool's size (shards, feature rows, bytes of shard files), once the pool is complete."""
+        data = self.manifest()
+        data["pool"] = dict(size)
         self._write_manifest(data)
 
     def record_resume(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,9 @@ class PoolView:
     def _pool(self) -> Pool:
         return Pool(self._root)  # opened on first use: a run without entities has no pool directory
 
-    def publish(self, name: str, features: np.ndarray, labels: np.ndarray) -> ShardInfo:
+    def publish(
+        self, name: str, features: np.ndarray | Iterable[np.ndarray], labels: np.ndarray
+    ) -> ShardInfo:
         if self._party.role is not Role.ENTITY:
             raise Forbidden(f"{self._party.name} ({self._party.role}) may not publish to the pool")
         return self._pool.publish(owner=self._party.name, name=name, features=features, labels=labels)

@@ -28,6 +28,7 @@ from entities.attacks import (
 from entities.attacks.scoring import score_images, score_result
 from entities.attacks.toy import World, build_world
 from entities.grids import save_grid
+from entities.rows import Rows
 
 POOL_ATTACKS = {
     "shared-reconstructor",
@@ -108,7 +109,7 @@ def test_an_attack_sees_only_the_knowledge_it_needs() -> None:
             return AttackResult(images=torch.zeros(1, 3, 4, 4))
 
     everything = Knowledge(
-        pool={"E1": Pooled(torch.zeros(1, 2, 2, 2), torch.zeros(1, dtype=torch.long))},
+        pool={"E1": Pooled(Rows([torch.zeros(1, 2, 2, 2)]), torch.zeros(1, dtype=torch.long))},
         featurizer=torch.nn.Identity(),
         decider=torch.nn.Identity(),
         reconstructor=torch.nn.Identity(),

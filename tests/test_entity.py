@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from entities.entity import empty_nets, shift, train_decider, train_dpm
+from entities.entity import empty_nets, featurize, featurize_chunks, shift, to_float, train_decider, train_dpm
 from entities.metrics import distillation
 from entities.nets import build_classifier
+from entities.training import apply
 from simulator.schema import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +123,17 @@ def test_shift_translates_each_feature_map_with_zero_fill() -> None:
     assert torch.equal(
         shift(x, 1, torch.Generator().manual_seed(3)), shift(x, 1, torch.Generator().manual_seed(3))
     )
+
+
+def test_features_in_chunks_are_those_of_one_pass() -> None:
+    """The pool's features, computed a chunk at a time, equal those of one pass over every image (and
+    its mirror image), bit for bit: the chunks are whole batches of `apply`."""
+    torch.manual_seed(0)
+    featurizer, _ = build_classifier("resnet18", "conv2_x", 3)
+    images = np.random.default_rng(0).integers(0, 256, size=(300, 3, 16, 16), dtype=np.uint8)
+    x = to_float(images)
+    one_pass = apply(lambda b: featurizer.eval()(b), torch.cat([x, x.flip(-1)]))
+    chunks = list(featurize_chunks(featurizer, images, mirrored=True, chunk=256))
+    assert [len(c) for c in chunks] == [256, 256, 88]  # the second straddles originals and mirrors
+    assert torch.equal(torch.cat(chunks), one_pass)
+    assert torch.equal(featurize(featurizer, images, mirrored=True), one_pass)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing as mp
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from entities.rows import Rows
 from simulator.pool import CorruptShard, Pool, PoolError, ShardInfo
 
 RNG = np.random.default_rng(0)
@@ -241,3 +248,151 @@ def test_bad_owner_on_read(tmp_path: Path) -> None:
         pool.read("../etc", "p")
     with pytest.raises(ValueError, match="name"):
         pool.read("o", "a/b")
+
+
+# ---------------------------------------------------------------- streaming: chunks in, batches out
+
+
+def _chunks(features: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(features), size):
+        yield features[i : i + size]
+
+
+def test_chunked_publish_writes_what_numpy_save_writes(tmp_path: Path) -> None:
+    feats, labs = _features(10, 3, 4), _labels(10)
+    pool = Pool(tmp_path)
+    whole = pool.publish(owner="o", name="whole", features=feats, labels=labs)
+    chunked = pool.publish(owner="o", name="chunked", features=_chunks(feats, 3), labels=labs)
+    buffer = io.BytesIO()
+    np.save(buffer, feats.astype(np.float16), allow_pickle=False)
+    for info in (whole, chunked):
+        data = (tmp_path / info.file).read_bytes()
+        assert data == buffer.getvalue()
+        assert info.sha256 == hashlib.sha256(data).hexdigest() and info.bytes == len(data)
+        assert info.shape == (10, 3, 4)
+    assert pool.size() == {"shards": 2, "rows": 20, "bytes": 2 * len(buffer.getvalue())}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "match"),
+    [
+        ([np.zeros((3, 4)), np.zeros((2, 4))], "4 labels for 5"),
+        ([np.zeros((3, 4))], "4 labels for 3"),
+        ([np.zeros((2, 4)), np.zeros((2, 5))], "rows of shape"),
+        ([np.zeros((2, 4)), np.full((2, 4), 1e6)], "float16 range"),
+        ([], "no chunks"),
+    ],
+)
+def test_bad_chunks_write_nothing(tmp_path: Path, chunks: list[np.ndarray], match: str) -> None:
+    pool = Pool(tmp_path)
+    pool.publish(owner="o", name="p", features=_features(4), labels=_labels(4))
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        pool.publish(owner="o", name="p", features=iter(chunks), labels=_labels(4))
+    assert _snapshot(tmp_path) == before
+
+
+def test_rows_gather_like_one_tensor(tmp_path: Path) -> None:
+    """Rows over memory maps and a tensor give what indexing their concatenation gives, in any order."""
+    pool = Pool(tmp_path)
+    parts = [_features(n, 2, 3) for n in (5, 1, 7)]
+    for i, p in enumerate(parts):
+        pool.publish(owner="o", name=f"s{i}", features=p, labels=_labels(len(p)))
+    maps = [pool.read("o", f"s{i}")[0] for i in range(3)]
+    own = torch.from_numpy(_features(4, 2, 3)).half()
+    rows = Rows([maps[0], own, maps[1], maps[2]])
+    whole = torch.cat(
+        [torch.from_numpy(np.array(maps[0])), own, *(torch.from_numpy(np.array(m)) for m in maps[1:])]
+    )
+    assert rows.shape == tuple(whole.shape) and rows.dtype == torch.float16
+    order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(0))
+    for index in (
+        order,
+        order[:5],
+        torch.tensor([16, 0, 16]),
+        torch.tensor([-1]),
+        torch.tensor([], dtype=torch.long),
+    ):
+        assert torch.equal(rows[index], whole[index])
+    for sl in (slice(None), slice(3, 11), slice(9, 10), slice(2, 15, 4), slice(20, 30)):
+        assert torch.equal(rows[sl], whole[sl])
+    assert torch.equal(torch.cat(list(rows.batches(6))), whole)
+    with pytest.raises(IndexError):
+        rows[torch.tensor([len(whole)])]
+    with pytest.raises(ValueError, match="part 1"):
+        Rows([maps[0], own.float()])
+
+
+# The refine stage's pool reader under a real memory limit. RLIMIT_DATA bounds a process's private
+# writable memory (heap, anonymous maps) and not read-only file maps: the pool's shards may be mapped
+# whole, while copying them into memory is refused. (RLIMIT_AS would count the maps themselves.) One
+# process reads twice, each time with the limit set anew above what it holds: streaming, as refine
+# reads, must pass; copying the shards into memory, as refine did before, must be refused (exit 3).
+_LIMITED = """
+import resource, sys
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np, torch
+from torch import nn
+from entities.entity import train_decider
+from entities.rows import Rows
+from simulator.pool import Pool
+from simulator.roles import Party, Role
+from simulator.stages.refine import pooled
+from simulator.views import PoolView
+
+def vm_data():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+
+root, headroom = Path(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(1)
+view = SimpleNamespace(pool=PoolView(root, Party("E1", Role.ENTITY), []))
+owners = [info.owner for info in Pool(root).shards()]
+recipe = SimpleNamespace(
+    epochs=1, lr=0.01, batch_size=512, weight_decay=0.0, optimizer="sgd", min_steps=0, shift=0
+)
+_, hard = resource.getrlimit(resource.RLIMIT_DATA)
+for mode in ("stream", "whole"):
+    decider = nn.Sequential(nn.Flatten(), nn.Linear(64 * 8 * 8, 10))
+    base = vm_data()
+    resource.setrlimit(resource.RLIMIT_DATA, (base + headroom, hard))
+    try:
+        parts = [pooled(view, SimpleNamespace(of=o, kind="poisoned"), None) for o in owners]
+        if mode == "whole":
+            parts = [(torch.from_numpy(np.array(f)), labels) for f, labels in parts]
+        features = Rows([f for f, _ in parts])
+        labels = torch.from_numpy(np.concatenate([labels for _, labels in parts]))
+        train_decider(recipe, decider, features, labels, seed=0)
+        grew = (vm_data() - base) / 2**20
+    except (MemoryError, RuntimeError) as err:
+        print(f"{mode}: refused: {type(err).__name__}: {str(err)[:120]}")
+        sys.exit(3 if mode == "whole" else 2)
+    finally:
+        parts = features = None
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+    print(f"{mode}: read {len(labels)} rows; VmData grew {grew:.0f} MiB, headroom {headroom / 2**20:.0f} MiB")
+"""
+
+
+def test_refine_streams_a_pool_three_times_its_memory_headroom(tmp_path: Path) -> None:
+    headroom = 64 << 20
+    row = (64, 8, 8)  # 8 KiB of float16 per row
+    rows = headroom // (2 * 64 * 8 * 8) + 1  # per shard: three shards, each above the headroom
+    pool = Pool(tmp_path / "pool")
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, rows, 2048):  # cheap values: what matters is the size
+            yield np.full((min(2048, rows - start), *row), start % 7, dtype=np.float16)
+
+    for owner in ("E2", "E3", "E4"):
+        pool.publish(owner=owner, name="poisoned", features=chunks(), labels=np.arange(rows) % 10)
+    size = pool.size()
+    assert size["bytes"] >= 3 * headroom and size["rows"] == 3 * rows
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}  # no thread stacks under the limit
+    script = [sys.executable, "-c", _LIMITED, str(pool.root), str(headroom)]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    print(done.stdout.strip())
+    assert f"stream: read {3 * rows} rows" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert done.returncode == 3 and "whole: refused" in done.stdout, done.stdout + done.stderr[-3000:]

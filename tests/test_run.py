@@ -112,6 +112,12 @@ def test_smoke_end_to_end(smoke_run: Path) -> None:
         for name in PRIVATE_FILES:
             assert (run.private_dir(party) / name).is_file(), (party, name)
     assert [info.owner for info in Pool(run.pool_dir).verify()]  # every shard matches its digest
+    shards = pool_manifest["shards"]  # and the run's manifest says how big the pool grew
+    assert run.manifest()["pool"] == {
+        "shards": len(shards),
+        "rows": sum(s["shape"][0] for s in shards),
+        "bytes": sum((run.pool_dir / s["file"]).stat().st_size for s in shards),
+    }
 
     # The grids to look at: each entity's Table 2 (test images, R from original and from poisoned features)
     # and the owner's codes (originals, authorised, as published, random guess, JPEG), 8 images a row

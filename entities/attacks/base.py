@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from entities import threats
+from entities.rows import Rows
 
 Target = Literal["pool", "codes"]
 TARGETS: tuple[str, ...] = ("pool", "codes")
@@ -54,9 +55,10 @@ class UnknownAttack(ValueError):
 
 @dataclass
 class Pooled:
-    """What the pool holds of one victim: its shared features (N, C, H, W) and their labels (N,)."""
+    """What the pool holds of one victim: its shared features (N, C, H, W) and their labels (N,). The
+    features are Rows (memory-mapped in a run), read a batch at a time: the pool may exceed memory."""
 
-    features: torch.Tensor
+    features: Rows
     labels: torch.Tensor
 
 

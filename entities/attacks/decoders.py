@@ -18,7 +18,8 @@ from torch import nn
 
 from entities.data import to_float
 from entities.nets import InverseBottleneck, inverse_layers
-from entities.training import apply, device, fit
+from entities.rows import Rows
+from entities.training import device, fit
 
 OUTPUTS = ("minmax", "clamp", "sigmoid")
 
@@ -151,11 +152,19 @@ def train_decoder(
     return decoder.eval().cpu(), history
 
 
-def decode(decoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Apply a decoder over features in batches; images on the CPU, clamped into [0, 1]."""
+DECODE_BATCH = 256  # the batch `apply` uses elsewhere: the same batches, so the same values
+
+
+@torch.no_grad()
+def decode(decoder: nn.Module, features: torch.Tensor | Rows) -> torch.Tensor:
+    """Apply a decoder over features in batches, each gathered and made float only when its turn comes
+    (a victim's pool is memory-mapped); images on the CPU, clamped into [0, 1]."""
+    rows = Rows.of(features)
+    if not len(rows):
+        return rows[:].float()
     dev = device()
     decoder = decoder.to(dev).eval()
-    out = apply(lambda b: decoder(b.float().to(dev)), features).clamp(0, 1)
+    out = torch.cat([decoder(b.float().to(dev)).cpu() for b in rows.batches(DECODE_BATCH)]).clamp(0, 1)
     decoder.cpu()
     return out
 

@@ -31,12 +31,14 @@ from entities.attacks.decoders import (
 from entities.entity import SharedNets, featurize, train_dpm
 from entities.nets import ResidualBlock
 from entities.progress import tracker
+from entities.rows import Rows
 from entities.training import apply, batches, device, seed_everything
 
 
-def _victim(knowledge: Knowledge, victim: str) -> torch.Tensor:
+def _victim(knowledge: Knowledge, victim: str) -> Rows:
+    """The victim's pooled features, as rows to read a batch at a time (never all at once)."""
     assert knowledge.pool is not None
-    return knowledge.pool[victim].features.float()
+    return knowledge.pool[victim].features
 
 
 def _nets(knowledge: Knowledge) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -330,7 +332,7 @@ class FeatureAlignment(Attack):
         featurizer, decider, _ = _nets(knowledge)
         assert knowledge.pool is not None and knowledge.public_images is not None
         pooled = knowledge.pool[victim]
-        target, target_labels = pooled.features.float(), pooled.labels.long()
+        target, target_labels = pooled.features, pooled.labels.long()  # target: rows, gathered per step
         x = as_float(knowledge.public_images)
         feats = featurize(featurizer, as_uint8(knowledge.public_images))
         generator = seed_everything(self.seed)
@@ -343,7 +345,7 @@ class FeatureAlignment(Attack):
         decider = copy.deepcopy(decider).to(dev).eval()
         for p in decider.parameters():
             p.requires_grad_(False)
-        classes = int(max(int(target_labels.max()) + 1, decider(target[:2].to(dev)).shape[1]))
+        classes = int(max(int(target_labels.max()) + 1, decider(target[:2].float().to(dev)).shape[1]))
         prior = torch.bincount(target_labels, minlength=classes).float()
         prior = (prior / prior.sum()).to(dev)
         opt = torch.optim.Adam([*aligner.parameters(), *decoder.parameters()], lr=self.lr)
@@ -355,7 +357,7 @@ class FeatureAlignment(Attack):
             i = torch.randint(len(feats), (b,), generator=generator)
             j = torch.randint(len(target), (b,), generator=generator)
             g = aligner(feats[i].to(dev))
-            t = target[j].to(dev)
+            t = target[j].float().to(dev)
             k = _kernel(torch.cat([g.flatten(1), t.flatten(1)]), MMD_SCALES)
             uniform = torch.full((b,), 1.0 / b, device=dev)
             mmd = weighted_mmd(k, uniform, uniform)
@@ -405,7 +407,7 @@ class FeatureAlignment(Attack):
         progress.finish()
         last["decoder_l1"] = total
         with torch.no_grad():
-            k = _kernel(torch.cat([aligned[:256].flatten(1), target[:256].flatten(1)]), MMD_SCALES)
+            k = _kernel(torch.cat([aligned[:256].flatten(1), target[:256].float().flatten(1)]), MMD_SCALES)
             na, nb = min(256, len(aligned)), min(256, len(target))
             last["final_mmd"] = float(weighted_mmd(k, torch.full((na,), 1 / na), torch.full((nb,), 1 / nb)))
         return decoder.eval().cpu(), last

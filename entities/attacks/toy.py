@@ -22,6 +22,7 @@ from entities.data import partition, to_float
 from entities.datasets import ImageSet, TaskData
 from entities.datasets.photos import build_photos
 from entities.entity import SharedNets, featurize, train_classifier, train_dpm, train_reconstructor
+from entities.rows import Rows
 
 
 def _training(
@@ -94,7 +95,7 @@ class World:
         D_q, the recipes, the codes and the public network; plus known pairs of every victim (the first
         `known_pairs` of its pool), and an insider's own images and DPM when `own` names a victim."""
         pool = {
-            name: Pooled(v.poisoned if protected else v.original, v.labels)
+            name: Pooled(Rows([v.poisoned if protected else v.original]), v.labels)
             for name, v in self.victims.items()
         }
         pairs = {

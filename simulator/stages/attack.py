@@ -16,6 +16,7 @@ from entities import attacks as A
 from entities import progress, threats
 from entities.attacks.decoders import as_float
 from entities.keys import unpack_key_file
+from entities.rows import Rows
 from simulator import cache, sealing
 from simulator.protocol import Payload, Read, Record, Sealed, Task
 from simulator.roles import Role
@@ -42,7 +43,7 @@ def unit(adversary: str, attack: str) -> str:
 
 def _pooled(view: PartyView, victim: str, kind: str) -> A.Pooled:
     features, labels = view.pool.read(victim, kind)
-    return A.Pooled(torch.from_numpy(np.array(features)).float(), torch.as_tensor(np.asarray(labels)))
+    return A.Pooled(Rows([features]), torch.as_tensor(np.asarray(labels)))  # the map, read per batch
 
 
 def knowledge(view: PartyView, spec: Adversary, task: Task, needs: frozenset[str]) -> A.Knowledge:
@@ -150,7 +151,7 @@ class Attack(Stage):
                     k = A.Knowledge(**{**vars(base), "pool": {victim: pooled}})
                     if victim in pairs:
                         index, images = pairs[victim]
-                        known = A.KnownPairs(as_float(images), pooled.features[index], index)
+                        known = A.KnownPairs(as_float(images), pooled.features[index].float(), index)
                         k.known_pairs = {victim: known}
                 with progress.unit(f"{name} on {victim} ({KINDS.get(kind, kind)})"):
                     result = attack.run(k, victim)

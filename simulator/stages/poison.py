@@ -5,6 +5,7 @@ The DPM stays in the entity's private directory."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from entities.data import to_float
 from entities.grids import IMAGES, grid_png
 from entities.training import recording
 from simulator import cache
+from simulator.pool import Pool
 from simulator.protocol import Payload, Publication, Record, Task
 from simulator.roles import Role
 from simulator.schema import Adversary, Scenario
@@ -93,17 +95,15 @@ class Poison(Stage):
 
         mirror = mirrored(s)
         shared_labels = np.concatenate([labels, labels]) if mirror else labels
-        shards = [
-            view.pool.publish(
-                "poisoned", E.featurize(nets.featurizer, images, dpm, mirrored=mirror).numpy(), shared_labels
-            )
-        ]
+
+        def chunks(protection: torch.nn.Module | None) -> Iterator[np.ndarray]:
+            # computed and written a chunk at a time: a shard never has to fit in memory
+            for x in E.featurize_chunks(nets.featurizer, images, protection, mirrored=mirror):
+                yield x.numpy()
+
+        shards = [view.pool.publish("poisoned", chunks(dpm), shared_labels)]
         if task.payload.config["publish_original"]:  # NOT protected: for the reference rows only
-            shards.append(
-                view.pool.publish(
-                    "original", E.featurize(nets.featurizer, images, mirrored=mirror).numpy(), shared_labels
-                )
-            )
+            shards.append(view.pool.publish("original", chunks(None), shared_labels))
         publications = [
             Publication("pool", f"{x.owner}/{x.name}", x.shape, x.dtype, x.sha256) for x in shards
         ]
@@ -118,3 +118,8 @@ class Poison(Stage):
                 for metric in metrics:
                     value = reply.number(f"{metric}_{kind}")
                     server.records.append(Record(table, None, kind, task.party, metric, value))
+
+    def finish(self, server: Server) -> None:
+        """The stage's records, and the pool's size in the manifest: no stage publishes after this one."""
+        super().finish(server)
+        server.run.record_pool(Pool(server.run.pool_dir).size())

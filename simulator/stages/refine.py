@@ -10,6 +10,7 @@ import torch
 from entities import entity as E
 from entities import progress
 from entities.registry import SOURCES
+from entities.rows import Rows
 from entities.training import recording
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
@@ -46,9 +47,8 @@ def original_features(view: PartyView, source: Source, nets: E.SharedNets | None
 
 @SOURCES.register("poisoned")
 def pooled(view: PartyView, source: Source, nets: E.SharedNets | None) -> Data:
-    """A shard of the pool, verified against its digest."""
-    shard, labels = view.pool.read(source.of, source.kind)
-    return torch.from_numpy(np.array(shard)), labels
+    """A shard of the pool, verified against its digest: its memory map, read a batch at a time."""
+    return view.pool.read(source.of, source.kind)
 
 
 def row_unit(index: int) -> str:
@@ -99,7 +99,7 @@ class Refine(Stage):
                 net = f"F+C row {number}"
             else:
                 assert nets is not None and s.refine is not None
-                feats = torch.cat([torch.as_tensor(p[0]) for p in parts])
+                feats = Rows([p[0] for p in parts])  # the parts as one, without copying the pool's maps
                 labels_t = torch.cat([torch.as_tensor(np.asarray(p[1]), dtype=torch.int64) for p in parts])
                 featurizer = nets.featurizer
                 decider = E.train_decider(s.refine, nets.decider, feats, labels_t, seed=seed)
