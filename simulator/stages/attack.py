@@ -24,7 +24,7 @@ from simulator.schema import Adversary, Scenario
 from simulator.stages.base import Server, Stage, register
 from simulator.stages.leak import PAIRS, leak_context
 from simulator.stages.poison import DPM_FILE, victims_of
-from simulator.stages.prepare import PARTITION_FILE
+from simulator.stages.prepare import PARTITION_FILE, partition_set
 from simulator.views import PartyView
 
 # Which pool shard an attack on a victim reads: its DPM's output, or its original features.
@@ -67,8 +67,8 @@ def knowledge(view: PartyView, spec: Adversary, task: Task, needs: frozenset[str
         manifest = publication.manifest
         out.k, out.k_prime, out.sampler = manifest["k"], manifest["k_prime"], manifest["sampler"]
     if "own_images" in words:
-        with np.load(io.BytesIO(view.insider_file(PARTITION_FILE))) as data:
-            out.own_images, out.own_labels = data["images"], data["labels"]
+        own = partition_set(view, view.insider_file(PARTITION_FILE), str(spec.of))
+        out.own_images, out.own_labels = own.images, own.labels
         from entities.nets import DPM
 
         state = torch.load(io.BytesIO(view.insider_file(DPM_FILE)), weights_only=True)

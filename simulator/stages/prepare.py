@@ -18,18 +18,24 @@ from simulator.views import PartyView
 PARTITION_FILE = "partition.npz"
 
 
-def own_set(view: PartyView) -> ImageSet:
-    """The entity's partition of D_p, its pixels read when used; refused if the dataset has changed."""
-    kept = view.read_private(PARTITION_FILE, missing=f"stage 'prepare' has not run for {view.name}")
+def partition_set(view: PartyView, kept: bytes, owner: str) -> ImageSet:
+    """The images of a partition file `owner` kept (its indices into D_p's training set), their pixels read
+    when used; refused if the dataset has changed since."""
     with np.load(io.BytesIO(kept)) as arrays:
         index, digest = arrays["index"], str(arrays["digest"])
     data = cache.dataset(view)
     if digest != data.digest:
         raise ValueError(
-            f"{view.name}/{PARTITION_FILE}: the partition was drawn from another dataset "
+            f"{owner}/{PARTITION_FILE}: the partition was drawn from another dataset "
             f"(digest {digest[:12]}, now {data.digest[:12]}): its files or section changed since 'prepare'"
         )
     return data.task_train.subset(index)
+
+
+def own_set(view: PartyView) -> ImageSet:
+    """The entity's partition of D_p."""
+    kept = view.read_private(PARTITION_FILE, missing=f"stage 'prepare' has not run for {view.name}")
+    return partition_set(view, kept, view.name)
 
 
 def own_partition(view: PartyView) -> tuple[np.ndarray, np.ndarray]:
