@@ -41,7 +41,19 @@ def train(
     """A small net with BatchNorm and dropout, fitted on 100 samples with noise augmentation drawn from
     its own generator, and numpy's and Python's generators in the loss too, so that every random state a
     checkpoint holds matters. Returns its state, its losses, the epochs this call ran, and draws from the
-    global generators after the fit."""
+    global generators after the fit. One torch thread, whichever process calls it: a reduction split over
+    another number of threads sums in another order (an earlier in-process run may have set it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(seed, stop_after=stop_after, kill_after=kill_after)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    seed: int, *, stop_after: int | None, kill_after: int | None
+) -> tuple[dict[str, torch.Tensor], list[float], list[int], tuple[float, ...]]:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
     data = torch.Generator().manual_seed(1)

@@ -46,9 +46,10 @@ def records(run: Path, table: str | None = None) -> list[dict]:
     return [r for r in out if table is None or r["table"] == table]
 
 
-def partition_images(run: Path, party: str) -> np.ndarray:
+def partition_images(run: Path, party: str) -> tuple[np.ndarray, str]:
+    """Which images a party holds: its indices into the dataset, and the dataset's digest."""
     with np.load(io.BytesIO((run / "parties" / party / "private" / "partition.npz").read_bytes())) as z:
-        return np.asarray(z["images"])
+        return np.asarray(z["index"]), str(z["digest"])
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +144,10 @@ def test_seeds_share_the_task_and_differ_in_training(seed_sweep: Path) -> None:
     prepared = [(r / "results" / "prepare.jsonl").read_bytes() for r in runs]
     assert prepared[0] == prepared[1] == prepared[2]
     for party in ("E1", "E4"):  # the very same images in every run's partition
-        first = partition_images(runs[0], party)
-        assert all(np.array_equal(first, partition_images(r, party)) for r in runs[1:])
+        (index, digest) = partition_images(runs[0], party)
+        for run in runs[1:]:
+            other, other_digest = partition_images(run, party)
+            assert np.array_equal(index, other) and digest == other_digest
     losses = [[r["value"] for r in records(run, "training") if r["label"] == "DPM"] for run in runs]
     assert losses[0] != losses[1] and losses[1] != losses[2]
 
