@@ -68,8 +68,10 @@ def knowledge(view: PartyView, spec: Adversary, task: Task, needs: frozenset[str
         manifest = publication.manifest
         out.k, out.k_prime, out.sampler = manifest["k"], manifest["k_prime"], manifest["sampler"]
     if "own_images" in words:
+        # its entity's partition is kept as indices into D_p (stage `prepare`), not as pixels
         with np.load(io.BytesIO(view.insider_file(PARTITION_FILE))) as data:
-            out.own_images, out.own_labels = data["images"], data["labels"]
+            mine = cache.dataset(view).task_train.subset(data["index"])
+        out.own_images, out.own_labels = mine.images, mine.labels
         saved = view.insider_file(DPM_FILE)
         if task.payload.arrays:  # its own protector, rebuilt through the protection it declared
             nets = cache.shared_nets(view, task.payload.arrays)
