@@ -106,6 +106,13 @@ def problems(data: dict[str, Any]) -> list[str]:
             "less than 1",
         ),
         ({"kind": "blur"}, "entities[1].protection.kind", "'gaussian-noise'"),
+        (
+            {"kind": "adaptive-dpm", "decoders": 0},
+            "entities[1].protection.decoders",
+            "greater than or equal to 1",
+        ),
+        ({"kind": "nopeek", "alpha": 0}, "entities[1].protection.alpha", "greater than 0"),
+        ({"kind": "shared-obfuscator", "lambda": -1}, "entities[1].protection.lambda", "greater than 0"),
         ({"sigma": 1.0}, "entities[1].protection.kind", "missing"),
         ({"kind": "mean-filter", "sise": 3}, "entities[1].protection.sise", "did you mean 'size'"),
     ],
@@ -231,6 +238,21 @@ def test_the_gaussian_mechanism_clips_each_vector_and_adds_its_calibrated_noise(
     assert float(auto.clip) == pytest.approx(float(feats.flatten(1).norm(dim=1).median()), rel=1e-5)  # type: ignore[arg-type]
 
 
+def test_distance_correlation_is_one_for_a_function_of_the_input_and_falls_with_noise() -> None:
+    from entities.protections.adversarial import distance_correlation
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g)
+    assert float(distance_correlation(x, x)) == pytest.approx(1.0, abs=1e-4)
+    assert float(distance_correlation(x, 2 * x + 1)) == pytest.approx(1.0, abs=1e-4)
+    noise = torch.randn(200, 4, generator=g)
+    scores = [float(distance_correlation(x, x + s * noise)) for s in (0.5, 2.0)]
+    scores.append(float(distance_correlation(x, noise)))  # independent: near 0 (a V-statistic: above it)
+    assert scores == sorted(scores, reverse=True) and scores[-1] < 0.4, scores
+    # a nonlinear dependence that Pearson's correlation misses (zero for x^2 against x) is seen
+    assert float(distance_correlation(x, x**2)) > 0.4
+
+
 def test_recipe_attacks_train_the_protection_the_victim_declared() -> None:
     noise = make_protection(GaussianNoiseSection(kind="gaussian-noise", sigma=1.0))
     k = Knowledge(protections={"V": noise})
@@ -243,7 +265,7 @@ def test_recipe_attacks_train_the_protection_the_victim_declared() -> None:
 
 
 def tiny_protections_scenario() -> dict[str, Any]:
-    """The smoke scenario's data and nets, eight entities each with another protection (two share the
+    """The smoke scenario's data and nets, eleven entities each with another protection (two share the
     leader's obfuscator), one refined row, no data owner, an outsider and a holder of the obfuscator."""
     data = yaml.safe_load(SMOKE.read_text())
     data.pop("data_owner")
@@ -258,9 +280,11 @@ def tiny_protections_scenario() -> dict[str, Any]:
         {"kind": "shared-obfuscator"},
         {"kind": "shared-obfuscator"},
         {"kind": "test-scale", "factor": 0.5},
+        {"kind": "adaptive-dpm", "decoders": 2, "restart_every": 2},
+        {"kind": "nopeek", "alpha": 1.0},
     ]
     data["entities"] = [
-        {"name": f"E{i + 1}", "fraction": 0.1, **({"protection": p} if p else {})}
+        {"name": f"E{i + 1}", "fraction": 0.08, **({"protection": p} if p else {})}
         for i, p in enumerate(protections)
     ]
     data["collaboration"] = [{"label": "E1 + E3 GN", "entity": "E1", "data": ["own:features", "poisoned:E3"]}]
@@ -268,7 +292,7 @@ def tiny_protections_scenario() -> dict[str, Any]:
         {
             "name": "eve",
             "knowledge": "outsider",
-            "victims": ["E3", "E4", "E6", "E7", "E9"],
+            "victims": ["E3", "E4", "E6", "E7", "E9", "E10", "E11"],
             "attacks": ["shared-reconstructor", {"name": "surrogate-dpm", "options": {"epochs": 1}}],
         },
         {
@@ -306,6 +330,8 @@ def test_every_protection_runs_and_writes_finite_table3_records(protections_run:
         "GM (epsilon=8, delta=1e-05)",
         "shared obfuscator",
         "scale x0.5",
+        "adaptive DPM (2 decoders)",
+        "NoPeek (alpha=1)",
     }
     for label in labels:
         rows = table3[table3["label"] == label]
@@ -325,7 +351,7 @@ def test_every_protected_pool_is_attacked_with_finite_scores(protections_run: Pa
     records = read_records(protections_run)
     scored = records[(records["table"] == "attack") & (records["metric"] == "ssim")]
     seen = {(lab, ent) for lab, ent in zip(scored["label"], scored["entity"], strict=True)}
-    for victim in ("E3", "E4", "E6", "E7", "E9"):
+    for victim in ("E3", "E4", "E6", "E7", "E9", "E10", "E11"):
         for attack in ("shared-reconstructor", "surrogate-dpm"):
             assert (f"eve: {attack} on protected", victim) in seen
     for victim in ("E1", "E7"):
