@@ -373,3 +373,22 @@ def test_the_shared_obfuscator_is_the_leaders_and_each_holder_rebuilds_its_own_p
         assert torch.equal(holders[0](x), holders[1](x))  # both hold the one obfuscator
         own = P.rebuild(s, "E1", nets, (run.private_dir("E1") / "dpm.pt").read_bytes())
         assert not torch.equal(own(x), holders[0](x))  # a private DPM is another module
+
+
+@pytest.mark.slow
+def test_every_library_protection_runs_through_the_flower_engine(tmp_path: Path) -> None:
+    """The same scenario through the real Flower/Ray simulation, less the test's own protection (a Ray
+    node does not import this module): the leader's shared part travels in messages like F, C, R."""
+    data = tiny_protections_scenario()
+    data["entities"] = [
+        e for e in data["entities"] if (e.get("protection") or {}).get("kind") != "test-scale"
+    ]
+    data["adversaries"][0]["victims"] = ["E3", "E7", "E10", "E11"]
+    scenario = tmp_path / "protections-flower.yaml"
+    scenario.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "runs")]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    records = read_records(run_dir)
+    table3 = records[records["table"] == "table3"]
+    assert len(set(table3["label"])) == 9  # none and the eight library protections declared
+    assert np.isfinite(table3["value"].to_numpy(float)).all()
