@@ -203,7 +203,14 @@ def distillation_term(
 
 
 def train_dpm(
-    recipe: DPMRecipe, shape: DPMShape, nets: SharedNets, images: np.ndarray, labels: np.ndarray, *, seed: int
+    recipe: DPMRecipe,
+    shape: DPMShape,
+    nets: SharedNets,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int,
+    before: nn.Module | None = None,
 ) -> nn.Module:
     """P minimises task(P) + lambda * SSIM(R(P(F(x))), x) with F, C, R frozen.
 
@@ -211,6 +218,9 @@ def train_dpm(
     predictions on the original features at `recipe.temperature` ("distill"). CE lets P learn the task
     on top of C, so C already fits the poisoned features and the pool has little left to teach it
     (bench/pool_signal.py); distillation keeps P(F(x)) exactly as useful to C as F(x).
+
+    `before`, a fixed perturbation of the features (entities.protections.perturbations), is applied to
+    each batch before P (the paper's GN+DPM, GF+DPM, MF+DPM); a random one draws afresh every batch.
     """
     dev = device()
     torch.manual_seed(seed)
@@ -221,14 +231,18 @@ def train_dpm(
     dpm = DPM(feats.shape[1], blocks=shape.blocks, width=shape.width).to(dev).train()
     task_term = OBJECTIVES.get(recipe.objective)(recipe, decider, feats, y)
 
+    if before is not None:
+        before = before.to(dev).eval()
+
     def loss(index: torch.Tensor) -> torch.Tensor:
-        poisoned = dpm(feats[index].to(dev))
+        batch = feats[index].to(dev)
+        poisoned = dpm(batch if before is None else before(batch))
         task = task_term(decider(poisoned), index)
         similarity = ssim(recon(poisoned), x[index].to(dev)).mean()
         return task + recipe.lam * similarity
 
     fit(dpm, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="dpm")
-    for m in (featurizer, decider, recon):
+    for m in (featurizer, decider, recon) if before is None else (featurizer, decider, recon, before):
         m.cpu()
     return dpm.eval().cpu()
 

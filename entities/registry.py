@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # for the families' types only: this module must load without
     from torch import nn
 
     from entities.datasets.base import DatasetKind
+    from entities.protections.base import ProtectionKind
 
 T = TypeVar("T")
 
@@ -83,6 +84,9 @@ Factory = Callable[..., Any]
 # Open: a dataset kind is one module under entities/datasets/ (its section and loader), and registering
 # it is all it takes.
 DATASETS: Registry[type[DatasetKind[Any]]] = Registry("dataset kind")
+# Open: a protection (what an entity applies to its features before it pools them) is one module under
+# entities/protections/ (its section and its training), and registering it is all it takes.
+PROTECTIONS: Registry[type[ProtectionKind[Any]]] = Registry("protection")
 OPTIMIZERS: Registry[Factory] = Registry("optimizer", ("sgd", "adam"))
 OBJECTIVES: Registry[Factory] = Registry("DPM objective", ("ce", "distill"))
 SAMPLERS: Registry[Factory] = Registry("fake-value sampler", ("ctg", "empirical"))

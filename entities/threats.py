@@ -16,7 +16,7 @@ KNOWLEDGE_WORDS = (
     "public_images",  # D_q
     "recipe",  # the published training recipes (DPM, R)
     "own_images",  # an insider's own images
-    "own_dpm",  # an insider's own DPM
+    "own_dpm",  # an insider's own protector: its DPM, or the shared obfuscator it was handed
     "known_pairs",  # (image, poisoned feature) pairs of the victim
     "codes",  # the published ambiguated codes and their manifest
     "public_network",  # the published sparsifying autoencoder
@@ -66,6 +66,12 @@ ATTACKS: dict[str, AttackEntry] = {
         "pool",
         frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"}),
         "an insider inverts its own DPM (plus K-1 surrogates) trained on its own images",
+    ),
+    "protection-holder": AttackEntry(
+        "pool",
+        frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"}),
+        "a holder of a protector (an insider: its own DPM, or the shared obfuscator) inverts it with a "
+        "decoder trained on its own images through it",
     ),
     "feature-alignment": AttackEntry(
         "pool",

@@ -63,7 +63,8 @@ TABLE3_ALIASES = {
 
 def table3_row(label: str) -> str | None:
     """The paper's Table 3 row for one of our labels, or None."""
-    return TABLE3_ALIASES.get(label.lower().replace(" ", "").replace("_", ""))
+    name = label.split("(")[0]  # "GN+DPM (sigma=1)": a protection's parameters follow its name
+    return TABLE3_ALIASES.get(name.lower().replace(" ", "").replace("_", ""))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 from entities import registry, threats
 from entities.datasets import DatasetSection
 from entities.datasets.photos import PhotosDataset
+from entities.protections import DPMSection, ProtectionSection
 from entities.strict import Boolean, Strict
 from simulator.yamlio import YamlRefused, decode, loads
 
@@ -64,6 +65,25 @@ if typing.TYPE_CHECKING:
     Dataset = DatasetSection  # what code may rely on; the schema validates the kind's own section
 else:
     Dataset = _dataset_union()
+
+
+# --- protections ---------------------------------------------------------------------------
+
+
+def _protection_union() -> Any:
+    """An entity's `protection:` section: one model per registered protection, chosen by `kind`
+    (entities.protections)."""
+    sections = tuple(kind.section for _, kind in registry.PROTECTIONS.items())
+    return Annotated[typing.Union[sections], Field(discriminator="kind")]  # noqa: UP007 (built at run time)
+
+
+if typing.TYPE_CHECKING:
+    Protection = ProtectionSection
+else:
+    Protection = _protection_union()
+
+# the families whose sections are a discriminated union on `kind`, by the key that holds them
+TAGGED: dict[str, registry.Registry[Any]] = {"dataset": registry.DATASETS, "protection": registry.PROTECTIONS}
 
 
 # --- nets ---------------------------------------------------------------------------------
@@ -158,6 +178,10 @@ class Entity(Strict):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
     fraction: float = Field(gt=0, le=1, description="share of the D_p training set it holds")
     dpm: DPMShape = DPMShape()
+    protection: Protection = Field(
+        default_factory=DPMSection,
+        description="what it applies to its features before it pools them (default: the paper's DPM)",
+    )
     seed_offset: int = 0
 
 
@@ -410,7 +434,16 @@ def _rebuild(name: str, kind: Any) -> None:
     Scenario.model_rebuild(force=True)
 
 
+def _rebuild_protections(name: str, kind: Any) -> None:
+    """A protection registered after this module loaded (a test's): the entities' union takes it in."""
+    field = FieldInfo.from_annotated_attribute(_protection_union(), Entity.model_fields["protection"])
+    Entity.model_fields["protection"] = field
+    Entity.model_rebuild(force=True)
+    Scenario.model_rebuild(force=True)
+
+
 registry.DATASETS.on_register(_rebuild)
+registry.PROTECTIONS.on_register(_rebuild_protections)
 
 
 def _valid_dataset(raw: object) -> DatasetSection | None:
@@ -436,10 +469,21 @@ def _section(kind: object) -> type[DatasetSection] | None:
 M = TypeVar("M", bound=BaseModel)
 
 
+def _tagged_section(key: object, tag: object) -> type[BaseModel] | None:
+    """The section model under union tag `tag` of the family `key` holds (dataset, protection)."""
+    family = TAGGED.get(key) if isinstance(key, str) else None
+    if family is None or not isinstance(tag, str) or tag not in family:
+        return None
+    section: type[BaseModel] = family.get(tag).section
+    return section
+
+
 def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`loc` without the union tag pydantic inserts after `dataset` (dataset.photos.patch)."""
-    if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
-        return loc[:1] + loc[2:]
+    """`loc` without the union tag pydantic inserts after `dataset` or `protection`
+    (dataset.photos.patch, entities.0.protection.gaussian-noise.sigma)."""
+    for i in range(len(loc) - 1):
+        if _tagged_section(loc[i], loc[i + 1]) is not None:
+            return loc[: i + 1] + loc[i + 2 :]
     return loc
 
 
@@ -459,8 +503,14 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: Any = Scenario
     if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
         model, loc = _section(loc[1]), loc[2:]
+    previous: object = None
     for part in loc:
         if isinstance(part, int) or model is None:
+            continue
+        tagged = _tagged_section(previous, part)
+        previous = part
+        if tagged is not None:  # the union tag after `protection`: its kind's section
+            model = tagged
             continue
         field = model.model_fields.get(part)
         if field is None:
@@ -492,9 +542,10 @@ def _structural_problems(err: ValidationError) -> list[Problem]:
         elif e["type"] == "literal_error":
             msg = f"got {e.get('input')!r}; {msg.lower()}"
         elif e["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            family = TAGGED.get(str(loc[-1]) if loc else "", registry.DATASETS)
             loc = (*loc, "kind")
             got = f"got {e['ctx']['tag']!r}" if e["type"] == "union_tag_invalid" else "missing"
-            msg = f"{got}; expected one of: {', '.join(map(repr, registry.DATASETS.names))}"
+            msg = f"{got}; expected one of: {', '.join(map(repr, family.names))}"
         elif isinstance(e.get("input"), Boolean):
             msg = f"got {e['input']!r}; expected a number, not true/false"
         elif e["type"] == "value_error" and "error" in e.get("ctx", {}):
@@ -586,6 +637,19 @@ def _int(mapping: Any, key: str) -> int | None:
 DPM_SECTIONS = ("pretrain", "reconstructor", "dpm", "refine")
 
 
+def _trains_a_dpm(entity: object) -> bool:
+    """Whether a raw entity's protection (the DPM by default) needs the `dpm:` recipe; a malformed one
+    counts as not (the structural pass reports it)."""
+    raw = entity.get("protection") if isinstance(entity, dict) else None
+    if raw is None:
+        return True
+    section = _tagged_section("protection", raw.get("kind") if isinstance(raw, dict) else None)
+    try:
+        return section is not None and bool(section.model_validate(raw).uses_dpm())  # type: ignore[attr-defined]
+    except ValidationError:
+        return False
+
+
 def _party_problems(data: dict[str, Any]) -> list[Problem]:
     """Which parties a scenario has: entities (with their DPM sections), a data owner, or both."""
     problems = []
@@ -593,7 +657,14 @@ def _party_problems(data: dict[str, Any]) -> list[Problem]:
     if isinstance(entities, list) and entities:
         for section in DPM_SECTIONS:
             if data.get(section) is None:
-                problems.append(Problem(section, "field required when the scenario has entities"))
+                if section == "dpm" and not any(_trains_a_dpm(e) for e in entities):
+                    continue  # no entity's protection trains a DPM
+                why = (
+                    "when an entity's protection trains a DPM"
+                    if section == "dpm"
+                    else "when the scenario has entities"
+                )
+                problems.append(Problem(section, f"field required {why}"))
     elif owner is None and (entities is None or entities == []):
         what = "got an empty list; expected" if entities == [] else "expected"
         problems.append(Problem("entities", f"{what} at least 1 entity, or a data_owner section"))

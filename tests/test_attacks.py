@@ -35,6 +35,7 @@ POOL_ATTACKS = {
     "reconstructor-family",
     "surrogate-dpm",
     "surrogate-dpm-insider",
+    "protection-holder",
     "feature-alignment",
     "known-pairs",
 }
@@ -51,6 +52,7 @@ CHEAP: dict[str, dict[str, Any]] = {
     "reconstructor-family": {"variants": ["paper R", "residual", "x4 upscale"], "epochs": 2, "min_steps": 20},
     "surrogate-dpm": {"epochs": 2, "min_steps": 20, "surrogates": 2},
     "surrogate-dpm-insider": {"epochs": 2, "min_steps": 20},
+    "protection-holder": {"epochs": 2, "min_steps": 20},
     "feature-alignment": {"steps": 20, "decoder_epochs": 2},
     "known-pairs": {"ns": [4, 16], "epochs": 2, "min_steps": 10},
     "support-detector": {"steps": 100},

@@ -430,8 +430,13 @@ def test_entities_need_their_sections_and_some_party_is_needed():
     with pytest.raises(ScenarioError) as caught:
         parse_scenario(data)
     assert sorted(str(p) for p in caught.value.problems) == sorted(
-        f"{s}: field required when the scenario has entities"
-        for s in ("pretrain", "reconstructor", "dpm", "refine")
+        [
+            *(
+                f"{s}: field required when the scenario has entities"
+                for s in ("pretrain", "reconstructor", "refine")
+            ),
+            "dpm: field required when an entity's protection trains a DPM",  # the default protection does
+        ]
     )
     for entities in ([], DELETE):
         nobody = with_owner("data_owner", DELETE, base={**OWNER_ONLY, "entities": []})

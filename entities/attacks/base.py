@@ -42,7 +42,11 @@ KNOWLEDGE: dict[str, tuple[str, ...]] = {
     "own_keys": ("own_keys",),  # a curious user's keys: indices into the codes and their true supports
 }
 # Optional companions: blanked with their word, but not required by it.
-COMPANIONS: dict[str, tuple[str, ...]] = {"public_images": ("public_labels",), "own_images": ("own_labels",)}
+COMPANIONS: dict[str, tuple[str, ...]] = {
+    "public_images": ("public_labels",),
+    "own_images": ("own_labels",),
+    "recipe": ("protections",),  # each entity's declared protection, where the scenario says
+}
 
 
 class MissingKnowledge(ValueError):
@@ -97,7 +101,10 @@ class Knowledge:
     reconstructor_recipe: Any = None
     own_images: np.ndarray | torch.Tensor | None = None
     own_labels: np.ndarray | torch.Tensor | None = None
-    own_dpm: nn.Module | None = None
+    own_dpm: nn.Module | None = None  # an insider's own protector: its DPM, or the shared obfuscator
+    # each entity's declared protection (entities.protections.ProtectionKind), by name: what the
+    # recipe-modelling attacks train; without it, the published DPM recipe
+    protections: Mapping[str, Any] | None = None
     known_pairs: Mapping[str, KnownPairs] | None = None
     codes: torch.Tensor | None = None  # (N, L, m) ambiguated codes, k' non-zeros per map
     k: int | None = None

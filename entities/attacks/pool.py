@@ -28,9 +28,10 @@ from entities.attacks.decoders import (
     recipe,
     train_decoder,
 )
-from entities.entity import SharedNets, featurize, train_dpm
+from entities.entity import SharedNets, featurize
 from entities.nets import ResidualBlock
 from entities.progress import tracker
+from entities.protections import DPMSection, Holdings, ProtectionKind, make_protection
 from entities.rows import Rows
 from entities.training import apply, batches, device, seed_everything
 
@@ -182,10 +183,28 @@ def _pseudo_labels(featurizer: nn.Module, decider: nn.Module, images: np.ndarray
     return logits.argmax(1).numpy().astype(np.int64)
 
 
+def victim_protection(knowledge: Knowledge, victim: str) -> ProtectionKind[Any]:
+    """The protection the victim declared (public, like the recipe), or the paper's DPM when the
+    knowledge names none."""
+    if knowledge.protections is not None and victim in knowledge.protections:
+        kind: ProtectionKind[Any] = knowledge.protections[victim]
+        return kind
+    return make_protection(DPMSection())
+
+
+def surrogate_protector(kind: ProtectionKind[Any], holdings: Holdings, *, seed: int) -> nn.Module:
+    """A protector of the victim's kind trained by the attacker on what it holds; a shared protection's
+    part, which an outsider was not handed, it trains itself with the same recipe."""
+    if kind.shared and holdings.shared is None:
+        return kind.train_shared(holdings, seed=seed)
+    return kind.train(holdings, seed=seed)
+
+
 @register_attack("surrogate-dpm")
 class SurrogateDPM(Attack):
-    """The attacker trains K DPMs of its own with the published recipe (different seeds) on the images it
-    has, then one reconstructor on (its poisoned features, its images), applied to the victim's pool."""
+    """The attacker trains K protectors of its own with the victim's declared protection and the
+    published recipe (different seeds; a DPM by default) on the images it has, then one reconstructor
+    on (its protected features, its images), applied to the victim's pool (SIMBA's rule)."""
 
     _knowledge_fields: tuple[str, ...] = (
         "featurizer",
@@ -209,7 +228,7 @@ class SurrogateDPM(Attack):
         self.surrogates, self.epochs, self.output, self.seed = surrogates, epochs, output, seed
         self._decoder: Decoder | None = None
         self._records: dict[str, float] = {}
-        self._trained_on: tuple[int, ...] = ()
+        self._trained_on: tuple[object, ...] = ()
 
     def _images(self, knowledge: Knowledge) -> tuple[np.ndarray, np.ndarray | None]:
         """The attacker's own images and, when it has them, their labels."""
@@ -220,16 +239,19 @@ class SurrogateDPM(Attack):
         """DPMs the attacker already holds (an insider's own)."""
         return []
 
-    def _train(self, knowledge: Knowledge) -> None:
+    def _train(self, knowledge: Knowledge, victim: str) -> None:
         featurizer, decider, recon = _nets(knowledge)
         images, labels = self._images(knowledge)
-        if labels is None or knowledge.dpm_recipe.objective != "ce":
+        recipe_ = knowledge.dpm_recipe
+        if labels is None or (recipe_ is not None and recipe_.objective != "ce"):
             labels = _pseudo_labels(featurizer, decider, images)
         nets = SharedNets(*(copy.deepcopy(m) for m in (featurizer, decider, recon)))
+        kind = victim_protection(knowledge, victim)
+        holdings = Holdings(nets, images, labels, recipe_, knowledge.dpm_shape)
         dpms = self._given_dpms(knowledge)
         for i in range(self.surrogates - len(dpms)):
             seed = self.seed + 1000 * (i + 1)
-            dpms.append(train_dpm(knowledge.dpm_recipe, knowledge.dpm_shape, nets, images, labels, seed=seed))
+            dpms.append(surrogate_protector(kind, holdings, seed=seed))
         x = as_float(images)
         feats = torch.cat([featurize(featurizer, images, dpm) for dpm in dpms])
         targets = x.repeat(len(dpms), 1, 1, 1)
@@ -248,9 +270,9 @@ class SurrogateDPM(Attack):
         }
 
     def attack(self, knowledge: Knowledge, victim: str) -> AttackResult:
-        key = _key(knowledge, *self._knowledge_fields)
+        key = (*_key(knowledge, *self._knowledge_fields), victim_protection(knowledge, victim).spec)
         if self._decoder is None or self._trained_on != key:
-            self._train(knowledge)
+            self._train(knowledge, victim)
             self._trained_on = key
         assert self._decoder is not None
         return AttackResult(
@@ -279,6 +301,22 @@ class SurrogateDPMInsider(SurrogateDPM):
     def _given_dpms(self, knowledge: Knowledge) -> list[nn.Module]:
         assert knowledge.own_dpm is not None
         return [knowledge.own_dpm]
+
+
+@register_attack("protection-holder")
+class ProtectionHolder(SurrogateDPMInsider):
+    """A holder inverts the protector it holds: a decoder trained on (its protector(F(its images)), its
+    images), applied to the victim's pool. Against a shared obfuscator the holder holds the victim's
+    very protector (DeepObfuscator's weakness, the paper's Table 4); against a private DPM only its own."""
+
+    def __init__(
+        self,
+        epochs: int | None = None,
+        min_steps: int | None = None,
+        output: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(surrogates=1, epochs=epochs, min_steps=min_steps, output=output, seed=seed)
 
 
 # ---------------------------------------------------------------- adaptive: feature alignment (FORA-like)

@@ -18,6 +18,7 @@ from entities.attacks.decoders import as_float
 from entities.keys import unpack_key_file
 from entities.rows import Rows
 from simulator import cache, sealing
+from simulator import protection as P
 from simulator.protocol import Payload, Read, Record, Sealed, Task
 from simulator.roles import Role
 from simulator.schema import Adversary, Scenario
@@ -61,6 +62,7 @@ def knowledge(view: PartyView, spec: Adversary, task: Task, needs: frozenset[str
     if "recipe" in words and s.dpm is not None:
         out.dpm_recipe, out.reconstructor_recipe = s.dpm, s.reconstructor
         out.dpm_shape = s.entities[0].dpm  # the published DPM shape
+        out.protections = {e.name: P.protection_of(s, e.name) for e in s.entities}  # declared publicly
     if "codes" in words and s.data_owner is not None:
         publication = view.publication()
         out.codes, out.public_network = publication.codes, publication.model
@@ -69,14 +71,10 @@ def knowledge(view: PartyView, spec: Adversary, task: Task, needs: frozenset[str
     if "own_images" in words:
         own = partition_set(view, view.insider_file(PARTITION_FILE), str(spec.of))
         out.own_images, out.own_labels = own.images, own.labels
-        from entities.nets import DPM
-
-        state = torch.load(io.BytesIO(view.insider_file(DPM_FILE)), weights_only=True)
-        channels = state[next(k for k in state if k.endswith("weight"))].shape[1]
-        entity = s.entity(str(spec.of))
-        dpm = DPM(channels, blocks=entity.dpm.blocks, width=entity.dpm.width)
-        dpm.load_state_dict(state)
-        out.own_dpm = dpm.eval()
+        saved = view.insider_file(DPM_FILE)
+        if task.payload.arrays:  # its own protector, rebuilt through the protection it declared
+            nets = cache.shared_nets(view, task.payload.arrays)
+            out.own_dpm = P.rebuild(s, str(spec.of), nets, saved)
     if "own_keys" in words and s.data_owner is not None:
         user, data = view.curious_keys()
         publication = view.publication()

@@ -1,6 +1,8 @@
-"""`poison`: each entity trains its private DPM, measures it (Tables 1 and 2, with a grid of test images
-and their reconstructions in `figures/`), and publishes poisoned features with their labels to the pool.
-The DPM stays in the entity's private directory."""
+"""`poison`: each entity trains its protection (the one it declared: by default its private DPM), measures
+it (Tables 1 and 2 for a DPM, Table 3 when the scenario compares protections; a grid of test images and
+their reconstructions in `figures/`), and publishes its protected ("poisoned") features with their labels
+to the pool. The protector stays in the entity's private directory; a shared protection's part comes from
+the leader with F, C and R (stage `pretrain`)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from entities import entity as E
 from entities import threats
 from entities.data import to_float
 from entities.grids import IMAGES, grid_png
+from entities.protections import channels_of
 from entities.training import recording
 from simulator import cache
+from simulator import protection as P
 from simulator.pool import Pool
 from simulator.protocol import Payload, Publication, Record, Task
 from simulator.roles import Role
@@ -24,7 +28,7 @@ from simulator.stages.base import Server, Stage, curve_records, register, write_
 from simulator.stages.prepare import own_partition
 from simulator.views import PartyView
 
-DPM_FILE = "dpm.pt"
+DPM_FILE = "dpm.pt"  # the entity's protector (its DPM by default): its weights, a state dict
 
 
 def victims_of(scenario: Scenario, adversary: Adversary) -> list[str]:
@@ -33,9 +37,8 @@ def victims_of(scenario: Scenario, adversary: Adversary) -> list[str]:
 
 
 def mirrored(scenario: Scenario) -> bool:
-    """Whether the pool holds each image's mirror image too (`dpm.share_mirrored`)."""
-    assert scenario.dpm is not None, "a Deep Poisoning stage ran for a scenario without a dpm section"
-    return scenario.dpm.share_mirrored
+    """Whether the pool holds each image's mirror image too (`dpm.share_mirrored`; yes without one)."""
+    return True if scenario.dpm is None else scenario.dpm.share_mirrored
 
 
 def originals_published(scenario: Scenario) -> set[str]:
@@ -63,25 +66,35 @@ class Poison(Stage):
         wanted_original = originals_published(server.scenario)
         nets = server.run.load_nets()
         arrays = {name: cache.to_numpy(nets[name]) for name in ("featurizer", "decider", "reconstructor")}
-        return [
-            Task(self.name, p, Payload(config={"publish_original": p in wanted_original}, arrays=arrays))
-            for p in server.of_role(Role.ENTITY)
-        ]
+        tasks = []
+        for p in server.of_role(Role.ENTITY):
+            mine = dict(arrays)
+            if P.protection_of(server.scenario, p).shared:  # the leader's part, to those who declared it
+                mine[P.SHARED] = cache.to_numpy(nets[P.SHARED])
+            config = {"publish_original": p in wanted_original}
+            tasks.append(Task(self.name, p, Payload(config=config, arrays=mine)))  # type: ignore[arg-type]
+        return tasks
 
     def work(self, view: PartyView, task: Task) -> Payload:
         s = view.scenario
-        assert s.dpm is not None
         nets = cache.shared_nets(view, task.payload.arrays)
         images, labels = own_partition(view)
         entity = s.entity(view.name)
         seed = E.derive_seed(s.seed + entity.seed_offset, "poison", view.name)
+        kind = P.protection_of(s, view.name)
+        shared = None
+        if kind.shared:
+            shared = kind.build(
+                channels_of(nets, s.dataset.side), P.holdings(s, entity, nets, images, labels)
+            )
+            shared.load_state_dict(cache.to_torch(task.payload.arrays[P.SHARED]))
         with recording() as curves:
-            dpm = E.train_dpm(s.dpm, entity.dpm, nets, images, labels, seed=seed)
+            dpm = kind.train(P.holdings(s, entity, nets, images, labels, shared), seed=seed)
         buffer = io.BytesIO()
         torch.save(dpm.state_dict(), buffer)
         view.write_private(DPM_FILE, buffer.getvalue())
         test = cache.dataset(view).task_test
-        measured = E.measure_dpm(nets, dpm, test)
+        measured = kind.measure(nets, dpm, test)
         # Table 2 to look at: the task's common test images (not this entity's partition, so nothing
         # private), the first ones, so that every entity's grid shows the same images.
         shown = test.images[:IMAGES]
@@ -89,7 +102,11 @@ class Poison(Stage):
             to_float(shown),
             E.reconstruct(nets, shown),
             E.reconstruct(nets, shown, dpm),
-            labels=("test image x", "R(F(x))", "R(P(F(x)))"),
+            labels=(
+                "test image x",
+                "R(F(x))",
+                "R(P(F(x)))" if entity.protection.kind == "dpm" else "R(protected)",
+            ),
         )
         view.write_figure(f"table2-{view.name}.png", grid)
 
@@ -113,11 +130,18 @@ class Poison(Stage):
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         write_curves(server, f"{self.name}-{task.party}", reply.records)
-        for kind in ("original", "poisoned"):
-            for table, metrics in (("table1", ("top1", "top5")), ("table2", ("l1", "ssim"))):
-                for metric in metrics:
+        declared = server.scenario.entity(task.party).protection
+        if declared.kind == "dpm":  # Tables 1 and 2 are the DPM's
+            for kind in ("original", "poisoned"):
+                for table, metrics in (("table1", ("top1", "top5")), ("table2", ("l1", "ssim"))):
+                    for metric in metrics:
+                        value = reply.number(f"{metric}_{kind}")
+                        server.records.append(Record(table, None, kind, task.party, metric, value))
+        if P.compares_protections(server.scenario):  # Table 3: C after, R from, each protection
+            for kind, label in (("original", "none"), ("poisoned", declared.label())):
+                for metric in ("top1", "top5", "l1", "ssim"):
                     value = reply.number(f"{metric}_{kind}")
-                    server.records.append(Record(table, None, kind, task.party, metric, value))
+                    server.records.append(Record("table3", None, label, task.party, metric, value))
 
     def finish(self, server: Server) -> None:
         """The stage's records, and the pool's size in the manifest: no stage publishes after this one."""

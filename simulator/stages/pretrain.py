@@ -1,4 +1,6 @@
-"""`pretrain`: the leader trains F + C on its own images and R on the public set; F, C, R go to everyone."""
+"""`pretrain`: the leader trains F + C on its own images and R on the public set; F, C, R go to everyone.
+When an entity declares a shared protection (a shared obfuscator), the leader trains it here too, on its
+own images, and it goes to those who declared it (stage `poison`)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import time
 from entities import entity as E
 from entities.training import recording
 from simulator import cache
+from simulator import protection as P
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
-from simulator.stages.prepare import own_set
+from simulator.stages.prepare import own_partition, own_set
 from simulator.views import PartyView
 
 SHARED_NETS = ("featurizer", "decider", "reconstructor")
@@ -53,14 +56,19 @@ class Pretrain(Stage):
         t2 = time.monotonic()
         nets = E.SharedNets(featurizer, decider, recon)
         acc = E.evaluate(featurizer, decider, data.task_test)
+        arrays = {name: cache.to_numpy(state) for name, state in nets.state_dicts().items()}
+        if P.shared_declaration(s) is not None:
+            shared = P.train_shared(s, nets, *own_partition(view))
+            arrays[P.SHARED] = cache.to_numpy(shared.state_dict())
         return Payload(
-            arrays={name: cache.to_numpy(state) for name, state in nets.state_dicts().items()},
+            arrays=arrays,
             metrics={**acc, "classifier_s": t1 - t0, "reconstructor_s": t2 - t1},
             records=curve_records("F+C", view.name, fc_curves) + curve_records("R", view.name, r_curves),
         )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
-        server.run.save_nets({name: cache.to_torch(reply.arrays[name]) for name in SHARED_NETS})
+        names = [*SHARED_NETS, *([P.SHARED] if P.SHARED in reply.arrays else [])]
+        server.run.save_nets({name: cache.to_torch(reply.arrays[name]) for name in names})
         write_curves(server, f"{self.name}-{task.party}", reply.records)
         for metric in ("top1", "top5", "classifier_s", "reconstructor_s"):
             server.records.append(Record("pretrain", None, "F+C", task.party, metric, reply.number(metric)))
