@@ -90,6 +90,11 @@ class ClassesPartition(Strict):
 Partition = Annotated[
     StratifiedPartition | DirichletPartition | ClassesPartition, Field(discriminator="kind")
 ]
+PARTITION_KINDS: dict[str, type[Strict]] = {
+    "stratified": StratifiedPartition,
+    "dirichlet": DirichletPartition,
+    "classes": ClassesPartition,
+}
 
 
 # --- nets ---------------------------------------------------------------------------------
@@ -493,8 +498,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`loc` without the union tag pydantic inserts after `dataset` (dataset.photos.patch)."""
+    """`loc` without the union tag pydantic inserts after `dataset` (dataset.photos.patch) and
+    `partition` (partition.dirichlet.concentration)."""
     if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
+        return loc[:1] + loc[2:]
+    if len(loc) > 1 and loc[0] == "partition" and loc[1] in PARTITION_KINDS:
         return loc[:1] + loc[2:]
     return loc
 
@@ -515,6 +523,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: Any = Scenario
     if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
         model, loc = _section(loc[1]), loc[2:]
+    elif len(loc) > 1 and loc[0] == "partition" and loc[1] in PARTITION_KINDS:
+        model, loc = PARTITION_KINDS[loc[1]], loc[2:]
     for part in loc:
         if isinstance(part, int) or model is None:
             continue

@@ -136,7 +136,8 @@ class FedAvg(Stage):
 
 def bytes_records(server: Server, fedavg_bytes: int) -> list[Record]:
     """What each approach moves: each Table 5 row's pooled features (the other entities' shards it reads;
-    its own features never leave it), the whole pool, and FedAvg's weights."""
+    its own features never leave it), the whole pool, the shared nets the pool approach hands out once,
+    and FedAvg's weights."""
     shards = {(e.owner, e.name): e.bytes for e in Pool(server.run.pool_dir).shards()}
     out = []
     for i, row in enumerate(server.scenario.collaboration):
@@ -145,6 +146,15 @@ def bytes_records(server: Server, fedavg_bytes: int) -> list[Record]:
         ]
         out.append(Record(BYTES, i + 1, row.label, row.entity, "bytes", float(sum(read))))
     out.append(Record(BYTES, None, "pool (every shard)", "all", "bytes", float(sum(shards.values()))))
+    # what the pool approach also moves, once: the leader's F, C, R to every other entity
+    nets = server.run.load_nets()
+    size = sum(v.numel() * v.element_size() for state in nets.values() for v in state.values())
+    others = len(server.scenario.entities) - 1
+    out.append(
+        Record(
+            BYTES, None, "shared nets (F, C, R to each other entity)", "all", "bytes", float(size * others)
+        )
+    )
     out.append(Record(BYTES, None, GLOBAL, "all", "bytes", float(fedavg_bytes)))
     return out
 
