@@ -12,7 +12,7 @@ import pandas as pd
 from reports.plots import _pyplot, save
 from reports.report import Section, Stats, fmt
 
-TABLES = {"fedavg", "fedavg_rounds", "bytes", "class_histogram"}
+TABLES = {"fedavg", "fedavg_rounds", "bytes", "bytes_total", "class_histogram"}
 
 
 def _cell(
@@ -55,8 +55,8 @@ def section_fedavg(stats: Stats) -> Section | None:
         moved = _cell(stats, "fedavg", r, label, entity, "bytes")
         what = "FedAvg, the averaged model" if r == 0 else "FedAvg, the entity's last local model"
         lines.append({"approach": what, "label": label, "entity": entity, **cells, "bytes": moved})
-    pool = _cell(stats, "bytes", None, "pool (every shard)", "all", "bytes")
-    nets = _cell(stats, "bytes", None, "shared nets (F, C, R to each other entity)", "all", "bytes")
+    pool = _cell(stats, "bytes_total", None, "pool (every shard)", "all", "bytes")
+    nets = _cell(stats, "bytes_total", None, "shared nets (F, C, R to each other entity)", "all", "bytes")
     frame = pd.DataFrame(
         [
             {

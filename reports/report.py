@@ -975,7 +975,7 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
         section_training(stats, out),
     ]
     sections = [s for s in candidates if s is not None]
-    own = OWN_SECTIONS | fedavg.TABLES - {"fedavg_rounds"}
+    own = OWN_SECTIONS | fedavg.TABLES - {"fedavg_rounds", "bytes_total"}
     sections += [section_generic(stats, t) for t in stats.tables() if t not in own]
     sections.append(stages)
     return title, facts, warnings(sweep, diffs), sections

@@ -25,7 +25,7 @@ from simulator.rundir import RunDir
 from simulator.schema import ScenarioError, load_scenario
 from simulator.stages import RUN_ORDER
 
-FEDAVG_TABLES = ("fedavg", "fedavg_rounds", "bytes")
+FEDAVG_TABLES = ("fedavg", "fedavg_rounds", "bytes", "bytes_total")
 
 
 def fedavg_records(run_dir: Path) -> list[dict[str, Any]]:
@@ -73,7 +73,7 @@ def test_fedavg_in_the_smoke_run_through_flower(smoke_run: Path) -> None:
     assert final["bytes"] <= sum(e["bytes"] for e in events) and final["bytes"] >= model_bytes * len(
         sent + back
     )
-    pooled = {r["label"]: r["value"] for r in records if r["table"] == "bytes"}
+    pooled = {r["label"]: r["value"] for r in records if r["table"] == "bytes_total"}
     assert 0 < pooled["pool (every shard)"] < pooled["FedAvg"] == final["bytes"]
 
 

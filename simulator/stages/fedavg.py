@@ -9,7 +9,9 @@ Records (table "fedavg"): row 0 the global model ("FedAvg"), rows 1.. each entit
 last round's local fit, before averaging ("FedAvg local E1"): top1, top5, n_train, and for the global
 model the bytes of weights moved (down and up, every round) and the rounds. Table "fedavg_rounds": the
 global model after each round, with the bytes moved so far. Table "bytes": what each approach moves, the
-Table 5 rows' pooled features (the shards of other entities a row reads) beside FedAvg's weights.
+Table 5 rows' pooled features (the shards of other entities a row reads); table "bytes_total": the whole
+pool, the shared nets the pool approach hands out, and FedAvg's weights (a table's rows are all numbered or
+all not).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from simulator.stages.base import Server, Stage, curve_records, register, write_
 from simulator.stages.prepare import own_set
 from simulator.views import PartyView
 
-TABLE, ROUNDS, BYTES = "fedavg", "fedavg_rounds", "bytes"
+TABLE, ROUNDS, BYTES, TOTALS = "fedavg", "fedavg_rounds", "bytes", "bytes_total"
 GLOBAL = "FedAvg"
 METRICS = ("top1", "top5")
 
@@ -145,17 +147,17 @@ def bytes_records(server: Server, fedavg_bytes: int) -> list[Record]:
             shards.get((x.of, x.kind), 0) for x in row.sources() if x.kind != "raw" and x.of != row.entity
         ]
         out.append(Record(BYTES, i + 1, row.label, row.entity, "bytes", float(sum(read))))
-    out.append(Record(BYTES, None, "pool (every shard)", "all", "bytes", float(sum(shards.values()))))
+    out.append(Record(TOTALS, None, "pool (every shard)", "all", "bytes", float(sum(shards.values()))))
     # what the pool approach also moves, once: the leader's F, C, R to every other entity
     nets = server.run.load_nets()
     size = sum(v.numel() * v.element_size() for state in nets.values() for v in state.values())
     others = len(server.scenario.entities) - 1
     out.append(
         Record(
-            BYTES, None, "shared nets (F, C, R to each other entity)", "all", "bytes", float(size * others)
+            TOTALS, None, "shared nets (F, C, R to each other entity)", "all", "bytes", float(size * others)
         )
     )
-    out.append(Record(BYTES, None, GLOBAL, "all", "bytes", float(fedavg_bytes)))
+    out.append(Record(TOTALS, None, GLOBAL, "all", "bytes", float(fedavg_bytes)))
     return out
 
 
