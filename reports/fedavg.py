@@ -97,7 +97,7 @@ def section_fedavg(stats: Stats) -> Section | None:
         "image rows move nothing); FedAvg moves the whole F + C to and from every entity each round"
         + (f" ({fmt(rounds['mean'])} rounds)" if rounds is not None else "")
         + ", plus one copy to the leader to evaluate"
-        + (f". The whole pool holds {_mb(pool)} MB" if pool is not None else "")
+        + (f". The whole pool is {_mb(pool)} MB" if pool is not None else "")
         + (
             f"; handing the leader's F, C, R to the other entities moved {_mb(nets)} MB once"
             if nets is not None
