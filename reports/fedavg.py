@@ -3,6 +3,7 @@ moves, and each entity's class histogram (tables "fedavg", "bytes", "class_histo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from reports.plots import _pyplot, save
 from reports.report import Section, Stats, fmt
+from reports.runs import Run, Sweep
 
 TABLES = {"fedavg", "fedavg_rounds", "bytes", "bytes_total", "class_histogram"}
 
@@ -109,7 +111,9 @@ def section_fedavg(stats: Stats) -> Section | None:
     )
 
 
-def histogram_plot(counts: pd.DataFrame, path: Path, formats: tuple[str, ...] = ("png", "svg")) -> Path:
+def histogram_plot(
+    counts: pd.DataFrame, path: Path, title: str = "", formats: tuple[str, ...] = ("png", "svg")
+) -> Path:
     """One stacked bar per entity: its images per class. counts: index entity, columns class names."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(counts) + 3), 3.6))
@@ -120,32 +124,50 @@ def histogram_plot(counts: pd.DataFrame, path: Path, formats: tuple[str, ...] = 
         ax.bar(counts.index.astype(str), values, bottom=bottom, label=str(name), color=cmap(i % 20))
         bottom += values
     ax.set_ylabel("images")
-    ax.set_title("each entity's images per class")
+    ax.set_title(f"each entity's images per class{f': {title}' if title else ''}")
     ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return save(fig, path, formats)[0]
 
 
-def section_histograms(stats: Stats, scenario: dict[str, Any], out: Path) -> Section | None:
-    """Each entity's class histogram (the partition is the task's, the same in every run of a sweep)."""
-    sub = stats.table("class_histogram")
-    if sub.empty:
-        return None
-    counts = sub.pivot_table(index="entity", columns="label", values="mean", aggfunc="first", sort=False)
-    order = sub.drop_duplicates("label").sort_values("row")["label"].tolist()
-    counts = counts[order]
-    entities = [e.get("name") for e in scenario.get("entities") or []]
-    counts = counts.loc[[e for e in entities if e in counts.index] or list(counts.index)]
-    image = histogram_plot(counts, out / "class_histogram.png")
-    frame = counts.reset_index()
-    display = frame.map(fmt)
-    skew = scenario.get("partition") or {"kind": "stratified"}
+def _describe(skew: dict[str, Any]) -> str:
     what = ", ".join(f"{k} {v}" for k, v in skew.items() if k != "kind")
+    return f"{skew.get('kind')}{f' ({what})' if what else ''}"
+
+
+def section_histograms(sweep: Sweep, out: Path) -> Section | None:
+    """Each entity's class histogram, once per partition the runs drew (a sweep over seeds keeps the task's
+    partition; one over `partition.*` or `dataset.seed` draws several: each is shown from its first run)."""
+    first: dict[str, Run] = {}
+    for run in sweep.runs:
+        skew = run.scenario.get("partition") or {"kind": "stratified"}
+        task = (skew, run.scenario.get("dataset", {}).get("seed"))
+        first.setdefault(json.dumps(task, sort_keys=True), run)
+    tables = []
+    for run in first.values():
+        sub = run.records[run.records.table == "class_histogram"]
+        if sub.empty:
+            continue
+        counts = sub.pivot_table(index="entity", columns="label", values="value", aggfunc="first", sort=False)
+        counts = counts[sub.drop_duplicates("label").sort_values("row")["label"].tolist()]
+        entities = [e.get("name") for e in run.scenario.get("entities") or []]
+        counts = counts.loc[[e for e in entities if e in counts.index] or list(counts.index)]
+        tables.append((_describe(run.scenario.get("partition") or {"kind": "stratified"}), counts))
+    if not tables:
+        return None
+    images, frames = [], []
+    for i, (what, counts) in enumerate(tables):
+        name = "class_histogram.png" if len(tables) == 1 else f"class_histogram-{i + 1}.png"
+        images.append(histogram_plot(counts, out / name, title=what).name)
+        frame = counts.reset_index()
+        frame.insert(0, "partition", what)
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
     return Section(
         "class_histogram",
         "Partitions: each entity's images per class",
-        f"The partition: {skew.get('kind')}{f' ({what})' if what else ''}, drawn from dataset.seed.",
+        "Drawn from dataset.seed: " + "; ".join(what for what, _ in tables) + ".",
         frame,
-        display,
-        images=[image.name],
+        frame.map(fmt),
+        images=images,
     )

@@ -961,7 +961,7 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
         section_table12(stats, scenario, "table1"),
         section_table12(stats, scenario, "table2"),
         section_table3(stats),
-        fedavg.section_histograms(stats, scenario, out),
+        fedavg.section_histograms(sweep, out),
         section_table5(stats, scenario, out),
         fedavg.section_fedavg(stats),
         section_differences(sweep),
