@@ -49,7 +49,14 @@ def _controlled_round(counts: np.ndarray, cols: np.ndarray, rng: np.random.Gener
     return base + up
 
 
-def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray,
+    fractions: Sequence[float],
+    seed: int,
+    *,
+    concentration: float | None = None,
+    classes_per_entity: int | None = None,
+) -> list[np.ndarray]:
     """Disjoint, class-stratified index sets, one of round(f*N) (at least 1) indices per fraction f.
 
     Stratified so that every entity sees every class in proportion: each class's count in a part is
@@ -59,6 +66,10 @@ def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list
     few patches per class a random subset can hold one corner of a photo (on collab-10-1, rows 1-3
     spanned 8-12 points across partition seeds with random subsets, 2-5.5 spread).  Indices are sorted
     ascending.
+
+    Label skew (both keep each part's size): `concentration` draws each part's class mix from
+    Dirichlet(concentration * 1) over the classes; `classes_per_entity` gives each part that many classes
+    in equal shares. See `skewed_counts`.
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -81,8 +92,13 @@ def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list
 
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    # the parts plus a last column for what no part takes, so that both margins of the table are exact
-    alloc = _controlled_round(counts, np.append(sizes, n - sizes.sum()), rng)[:, :-1]
+    if concentration is not None or classes_per_entity is not None:
+        alloc = skewed_counts(
+            counts, sizes, rng, concentration=concentration, classes_per_entity=classes_per_entity
+        )
+    else:
+        # the parts plus a last column for what no part takes, so that both margins of the table are exact
+        alloc = _controlled_round(counts, np.append(sizes, n - sizes.sum()), rng)[:, :-1]
 
     parts: list[list[np.ndarray]] = [[] for _ in sizes]
     for c, cls in enumerate(classes):
@@ -95,6 +111,72 @@ def partition(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list
         for j in range(len(sizes)):
             parts[j].append(members[owner == j])
     return [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """`total` split in proportion to `weights` (integers summing to `total`, largest remainders up)."""
+    exact = total * weights / weights.sum()
+    out = np.floor(exact).astype(np.int64)
+    short = total - int(out.sum())
+    out[np.argsort(-(exact - out), kind="stable")[:short]] += 1
+    return out
+
+
+def skewed_counts(
+    counts: np.ndarray,
+    sizes: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    concentration: float | None = None,
+    classes_per_entity: int | None = None,
+) -> np.ndarray:
+    """How many images of each class (rows) each part (columns) gets, for a label-skewed partition.
+
+    Each part j has a class mix q_j: Dirichlet(concentration) draws, or uniform over its
+    `classes_per_entity` classes (the classes with the most images left when its turn comes, so that the
+    parts spread over the classes). Parts take their `sizes[j]` images in entity order, in proportion to
+    q_j over the classes not yet used up; a Dirichlet part whose classes run out takes the rest from the
+    classes left (in proportion to what is left), a fixed-classes part is refused instead.
+    """
+    n_classes = len(counts)
+    if classes_per_entity is not None:
+        if not 1 <= classes_per_entity <= n_classes:
+            raise ValueError(f"classes_per_entity must be in [1, {n_classes}], got {classes_per_entity}")
+        mixes = np.zeros((len(sizes), n_classes))  # each part's classes, chosen when its turn comes
+        tiebreak = rng.permutation(n_classes)
+    else:
+        assert concentration is not None
+        if not concentration > 0:
+            raise ValueError(f"concentration must be > 0, got {concentration}")
+        mixes = rng.dirichlet(np.full(n_classes, float(concentration)), size=len(sizes))
+    left = counts.astype(np.int64).copy()
+    alloc = np.zeros((n_classes, len(sizes)), dtype=np.int64)
+    for j, size in enumerate(sizes.tolist()):
+        need = int(size)
+        if classes_per_entity is not None:  # the classes with the most images left (ties: a seeded order)
+            mine = np.lexsort((tiebreak, -left))[:classes_per_entity]
+            mixes[j, mine] = 1.0
+        while need > 0:
+            weights = mixes[j] * (left > 0)
+            if weights.sum() <= 0:
+                if classes_per_entity is not None:
+                    raise ValueError(
+                        f"part {j} needs {need} more images of its {classes_per_entity} classes, but they are"
+                        " used up: lower its fraction or raise classes_per_entity"
+                    )
+                weights = left.astype(float)  # its classes are used up: the rest from what is left
+            take = np.minimum(_largest_remainder(need, weights), left)
+            if take.sum() == 0:  # every share rounded to a class already used up: one from the likeliest
+                take[int(np.argmax(weights))] = 1
+            alloc[:, j] += take
+            left -= take
+            need -= int(take.sum())
+    return alloc
+
+
+def class_histogram(labels: np.ndarray, n_classes: int) -> list[int]:
+    """How many of `labels` fall in each class 0 .. n_classes - 1."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).tolist()
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

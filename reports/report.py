@@ -1007,6 +1007,8 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
     scenario = sweep.runs[0].scenario
     title, facts, stages = header(sweep)
     diffs = compare.paired_differences(sweep.runs, "top1")
+    from reports import fedavg  # it builds on this module's Section and Stats
+
     candidates = [
         section_findings(sweep),
         section_parameter(sweep, out),
@@ -1014,7 +1016,9 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
         section_table12(stats, scenario, "table2"),
         section_table3(stats),
         section_protections(stats),
+        fedavg.section_histograms(sweep, out),
         section_table5(stats, scenario, out),
+        fedavg.section_fedavg(stats),
         section_differences(sweep),
         section_ambiguation(stats),
         section_jpeg(stats),
@@ -1026,7 +1030,8 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
         section_training(stats, out),
     ]
     sections = [s for s in candidates if s is not None]
-    sections += [section_generic(stats, t) for t in stats.tables() if t not in OWN_SECTIONS]
+    own = OWN_SECTIONS | fedavg.TABLES - {"fedavg_rounds", "bytes_total"}
+    sections += [section_generic(stats, t) for t in stats.tables() if t not in own]
     sections.append(stages)
     return title, facts, warnings(sweep, diffs), sections
 

@@ -86,6 +86,37 @@ else:
 TAGGED: dict[str, registry.Registry[Any]] = {"dataset": registry.DATASETS, "protection": registry.PROTECTIONS}
 
 
+class StratifiedPartition(Strict):
+    """Every entity holds the same share of every class (the paper's setting; the default)."""
+
+    kind: Literal["stratified"] = "stratified"
+
+
+class DirichletPartition(Strict):
+    """Label skew: each entity's class mix drawn from Dirichlet(concentration * 1) over the classes; its
+    size stays its `fraction`. Small concentrations give few classes per entity, large ones near-uniform."""
+
+    kind: Literal["dirichlet"]
+    concentration: float = Field(gt=0, description="the Dirichlet's concentration per class (> 0)")
+
+
+class ClassesPartition(Strict):
+    """Label skew: each entity holds images of `per_entity` classes only (in equal shares)."""
+
+    kind: Literal["classes"]
+    per_entity: int = Field(ge=1, description="how many classes each entity holds")
+
+
+Partition = Annotated[
+    StratifiedPartition | DirichletPartition | ClassesPartition, Field(discriminator="kind")
+]
+PARTITION_KINDS: dict[str, type[Strict]] = {
+    "stratified": StratifiedPartition,
+    "dirichlet": DirichletPartition,
+    "classes": ClassesPartition,
+}
+
+
 # --- nets ---------------------------------------------------------------------------------
 
 
@@ -169,6 +200,32 @@ class RefineTraining(Training):
             "in feature space, since the pool holds fixed features (0: none)"
         ),
     )
+
+
+class FedAvgSection(Strict):
+    """Federated averaging over the entities' partitions (the baseline the paper argued against): each
+    round every entity trains F + C on its own images for `local_epochs`, the server averages the
+    weights, weighted by each entity's number of images (Flower's FedAvg)."""
+
+    rounds: int = Field(ge=1, description="rounds of local training and averaging")
+    local_epochs: int = Field(ge=1, description="epochs each entity trains on its own images per round")
+    lr: float = Field(gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    optimizer: Optimizer = "sgd"
+    init: Literal["scratch", "pretrained"] = Field(
+        "scratch",
+        description="the first global model: F + C from a seeded initialisation, or the leader's pre-trained",
+    )
+
+    # the recipe one round's local fit uses (entities.recipes.Recipe)
+    @property
+    def epochs(self) -> int:
+        return self.local_epochs
+
+    @property
+    def min_steps(self) -> int:
+        return 0
 
 
 # --- parties ------------------------------------------------------------------------------
@@ -383,6 +440,10 @@ class Scenario(Strict):
     dpm: DPMTraining | None = None
     refine: RefineTraining | None = None
     collaboration: list[Row] = Field(default_factory=list)
+    partition: Partition = Field(
+        StratifiedPartition(), description="how D_p's training images are split among the entities"
+    )
+    fedavg: FedAvgSection | None = Field(None, description="federated averaging over the same partitions")
     data_owner: DataOwner | None = Field(None, description="the sparse-codes data owner and its users")
     adversaries: list[Adversary] = Field(default_factory=list)
     verdict: Verdict = Verdict()
@@ -484,6 +545,8 @@ def _untagged(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     for i in range(len(loc) - 1):
         if _tagged_section(loc[i], loc[i + 1]) is not None:
             return loc[: i + 1] + loc[i + 2 :]
+    if len(loc) > 1 and loc[0] == "partition" and loc[1] in PARTITION_KINDS:
+        return loc[:1] + loc[2:]
     return loc
 
 
@@ -503,6 +566,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     model: Any = Scenario
     if len(loc) > 1 and loc[0] == "dataset" and _section(loc[1]) is not None:
         model, loc = _section(loc[1]), loc[2:]
+    elif len(loc) > 1 and loc[0] == "partition" and loc[1] in PARTITION_KINDS:
+        model, loc = PARTITION_KINDS[loc[1]], loc[2:]
     previous: object = None
     for part in loc:
         if isinstance(part, int) or model is None:
@@ -624,7 +689,28 @@ def _semantic_problems(data: dict[str, Any]) -> list[Problem]:
         + _data_owner_problems(data)
         + _input_problems(data)
         + _adversary_problems(data)
+        + _partition_problems(data)
     )
+
+
+def _partition_problems(data: dict[str, Any]) -> list[Problem]:
+    """A label skew the data cannot give: more classes per entity than the task has, a partition or a
+    FedAvg section without entities."""
+    problems = []
+    raw = data.get("partition")
+    section = raw if isinstance(raw, dict) else {}
+    per_entity = _int(section, "per_entity")
+    dataset = _valid_dataset(data.get("dataset", {}))
+    classes = getattr(dataset, "task_classes", None) if dataset is not None else None
+    count = len(classes) if isinstance(classes, list) else classes
+    if section.get("kind") == "classes" and per_entity is not None and isinstance(count, int):
+        if per_entity > count:
+            problems.append(
+                Problem("partition.per_entity", f"got {per_entity}; the task set has only {count} classes")
+            )
+    if data.get("fedavg") is not None and not data.get("entities"):
+        problems.append(Problem("fedavg", "needs entities: FedAvg trains over the entities' partitions"))
+    return problems
 
 
 def _int(mapping: Any, key: str) -> int | None:

@@ -20,7 +20,7 @@ from simulator.roles import parties as all_parties
 from simulator.rundir import RunDir
 from simulator.schema import PhotosDataset, Scenario, load_scenario
 from simulator.stages import RUN_ORDER as STAGES
-from simulator.stages import stage_order
+from simulator.stages import Stage, stage_order
 
 Key = tuple[str, Any, str, str, str]
 SHARED_NETS = {"featurizer", "decider", "reconstructor"}
@@ -181,7 +181,9 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
     assert forbidden
 
     messages = message_events(smoke_run)
-    ran = {f"train.{s.name}" for s in stage_order() if not s.absent(scenario)}
+    # a stage that federates (fedavg) sends Flower's FedAvg messages, plain "train" and "evaluate"
+    tasks = [s for s in stage_order() if type(s).federation is Stage.federation]
+    ran = {f"train.{s.name}" for s in tasks if not s.absent(scenario)}
     assert {e["type"] for e in messages} >= ran
     for event in messages:
         assert {"type", "sender", "receiver", "records", "bytes"} <= set(event), event
@@ -206,6 +208,12 @@ def test_audit_shows_nothing_private_crossed(smoke_run: Path) -> None:
                 else:
                     referee = scenario.data_owner.name if victim == "codes" else victim
                     assert (event["sender"], event["receiver"]) == ("server", referee), event
+                continue
+            if event["type"] in ("train", "evaluate"):
+                # FedAvg's global model (F + C) and each entity's update: between the server and an entity
+                assert name == "arrays" and other in entities, event
+                assert event["type"] == "train" or event["sender"] == "server", event
+                assert not any(is_image_batch(a["shape"], patch) for a in record["arrays"].values()), event
                 continue
             # Arrays are otherwise only the shared nets F, C, R (and only the leader sends them back).
             assert name in SHARED_NETS, event

@@ -201,6 +201,12 @@ def test_every_net_of_the_smoke_scenario_has_a_training_curve(smoke_inline: Path
         expected.add((f"F+C row {i}" if row.trains_from_raw else f"C refined row {i}", row.entity))
     assert scenario.data_owner is not None
     expected.add(("autoencoder", scenario.data_owner.name))
+    assert scenario.fedavg is not None  # each entity's local fit in each round
+    expected |= {
+        (f"F+C FedAvg round {r}", e.name)
+        for r in range(1, scenario.fedavg.rounds + 1)
+        for e in scenario.entities
+    }
     assert set(curves) == expected
     for key, points in curves.items():
         epochs = [e for e, _ in points]

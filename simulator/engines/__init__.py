@@ -18,6 +18,7 @@ from typing import Protocol
 
 from entities.registry import Registry
 from simulator import roles
+from simulator.federation import Federation, FederationResult
 from simulator.node import EXPECTED, NODE_FACTS, RESUMED, WROTE
 from simulator.pool import Pool, PoolError
 from simulator.protocol import Payload, Record, Task
@@ -86,6 +87,11 @@ class Session(Protocol):
         reply arrives. An error reply or a timeout raises RunFailed naming the party and the task."""
         ...
 
+    def federate(self, federation: Federation) -> FederationResult:
+        """Run rounds of FedAvg over the federation's parties (simulator.federation); every message
+        audited. A party's error or a missing reply raises RunFailed."""
+        ...
+
 
 Engine = Callable[[RunDir, Log, str | None], None]  # (run, log, ray address)
 ENGINES: Registry[Engine] = Registry("engine")
@@ -134,6 +140,15 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
             audit_now(run, err.kind, stage=err.stage, party=err.party, key=err.key, reason=str(err))
             raise
         server.records = [r for i in sorted(collected) for r in collected[i]]  # plan order, not reply order
+        if (federation := stage.federation(server)) is not None:
+            check_stop()
+            log(f"  {stage.name}: {federation.rounds} rounds of FedAvg over {', '.join(federation.parties)}")
+            result = session.federate(federation)
+            for done in result.rounds:
+                for party, reply in [*done.train, (federation.evaluator, done.evaluate)]:
+                    task = Task(stage.name, party, key=f"round {done.number}")
+                    digests.update(audit_reply(server, task, reply))
+            stage.federated(server, result)
         stage.finish(server)
         wall = time.monotonic() - t0
         run.sync_audit()  # the stage's audit lines are on disk before the stage is marked done

@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from entities.federated import weighted_average
 from simulator import node, roles
-from simulator.engines import ENGINES, Log, OnReply, TaskFailed, check_stop, drive
-from simulator.protocol import Task, describe
+from simulator.engines import ENGINES, Log, OnReply, RunFailed, TaskFailed, check_stop, drive
+from simulator.federation import ARRAYS, PHASE, ROUND, WEIGHT, Federation, FederationResult, Round, nbytes
+from simulator.protocol import Payload, Task, describe
 from simulator.rundir import RunDir
 
 SERVER = "server"
@@ -60,6 +62,46 @@ class InlineSession:
                 ) from err
             self._audit(f"train.{stage}", task.party, SERVER, reply, key=task.key)
             on_reply(task, reply)
+
+    def _run(self, federation: Federation, party: str, phase: str, number: int, arrays: Any) -> Payload:
+        """One federated task, audited under Flower's message types ("train", "evaluate")."""
+        config = {**federation.config, ROUND: number, PHASE: phase}
+        task = Task(
+            federation.stage, party, Payload(config=config, arrays={ARRAYS: arrays}), f"round {number}"
+        )
+        self._audit(phase, SERVER, party, task.payload)
+        try:
+            reply = node.handle(self.run.root, party, task)
+        except Exception as err:
+            raise TaskFailed(
+                f"stage {federation.stage!r}: node of {party} failed on {task.key}:"
+                f" {type(err).__name__}: {err}",
+                stage=federation.stage,
+                party=party,
+                key=task.key,
+            ) from err
+        self._audit(phase, party, SERVER, reply)
+        if phase == "train" and (ARRAYS not in reply.arrays or WEIGHT not in reply.metrics):
+            raise RunFailed(f"stage {federation.stage!r}: {party}'s reply lacks {ARRAYS!r} or {WEIGHT!r}")
+        return reply
+
+    def federate(self, federation: Federation) -> FederationResult:
+        """FedAvg as Flower's strategy runs it: each round every party trains from the global arrays, the
+        server averages the replies weighted by WEIGHT in party order, the evaluator evaluates."""
+        arrays, result = federation.initial, FederationResult(federation.initial)
+        for number in range(1, federation.rounds + 1):
+            check_stop()
+            train = [(p, self._run(federation, p, "train", number, arrays)) for p in federation.parties]
+            down = nbytes(arrays) * len(train)
+            arrays = weighted_average(
+                [r.arrays[ARRAYS] for _, r in train], [r.metrics[WEIGHT] for _, r in train]
+            )
+            down += nbytes(arrays)
+            evaluate = self._run(federation, federation.evaluator, "evaluate", number, arrays)
+            up = sum(nbytes(r.arrays[ARRAYS]) for _, r in train)
+            result.rounds.append(Round(number, train, evaluate, down, up))
+        result.arrays = arrays
+        return result
 
 
 @ENGINES.register("inline")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from entities.registry import Registry
+from simulator.federation import Federation, FederationResult
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import PLURAL, Party, Role, parties
 from simulator.rundir import RunDir
@@ -71,6 +72,15 @@ class Stage(ABC):
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         """Turn a reply into records (default: keep the reply's records)."""
         server.records += reply.records
+
+    def federation(self, server: Server) -> Federation | None:
+        """Rounds of federated averaging to run after this stage's tasks (default: none). The engine runs
+        them (simulator.federation) and hands every reply to `federated`."""
+        return None
+
+    def federated(self, server: Server, result: FederationResult) -> None:
+        """Turn a federation's replies into records (called only when `federation` returned one)."""
+        server.records += [r for done in result.rounds for _, reply in done.train for r in reply.records]
 
     def finish(self, server: Server) -> None:
         """After the last reply (default: write the stage's records as one unit named after it)."""

@@ -1,5 +1,7 @@
-"""`prepare`: each entity picks its private partition of D_p (chosen by `dataset.seed`) and keeps it, as
-indices into the dataset with the dataset's digest (not as pixels: a partition of ImageNet is gigabytes)."""
+"""`prepare`: each entity picks its private partition of D_p (chosen by `dataset.seed` and the scenario's
+`partition`: stratified, or label-skewed) and keeps it, as indices into the dataset with the dataset's
+digest (not as pixels: a partition of ImageNet is gigabytes). Each entity reports its class histogram
+(table "class_histogram": row = class index, label = class name, metric "count")."""
 
 from __future__ import annotations
 
@@ -7,15 +9,29 @@ import io
 
 import numpy as np
 
-from entities.data import partition
+from entities.data import class_histogram, partition
 from entities.datasets import ImageSet
 from simulator import cache
 from simulator.protocol import Payload, Record, Task
 from simulator.roles import Role
+from simulator.schema import ClassesPartition, DirichletPartition, Scenario
 from simulator.stages.base import Server, Stage, register
 from simulator.views import PartyView
 
 PARTITION_FILE = "partition.npz"
+HISTOGRAM = "class_histogram"
+
+
+def partitions(scenario: Scenario, labels: np.ndarray) -> list[np.ndarray]:
+    """Every entity's indices into D_p's training set, in entity order (deterministic from dataset.seed)."""
+    skew = scenario.partition
+    return partition(
+        labels,
+        [e.fraction for e in scenario.entities],
+        seed=scenario.task_seed,
+        concentration=skew.concentration if isinstance(skew, DirichletPartition) else None,
+        classes_per_entity=skew.per_entity if isinstance(skew, ClassesPartition) else None,
+    )
 
 
 def partition_set(view: PartyView, kept: bytes, owner: str) -> ImageSet:
@@ -55,13 +71,17 @@ class Prepare(Stage):
     def work(self, view: PartyView, task: Task) -> Payload:
         scenario = view.scenario
         data = cache.dataset(view)
-        index = partition(
-            data.task_train.labels, [e.fraction for e in scenario.entities], seed=scenario.task_seed
-        )
+        index = partitions(scenario, data.task_train.labels)
         mine = index[[e.name for e in scenario.entities].index(view.name)]
         buffer = io.BytesIO()
         np.savez(buffer, index=mine, digest=np.array(data.digest))
         view.write_private(PARTITION_FILE, buffer.getvalue())
+        classes = data.task_train.classes
+        counts = class_histogram(data.task_train.labels[mine], len(classes))
+        histogram = [
+            Record(HISTOGRAM, c, str(name), view.name, "count", float(k))
+            for c, (name, k) in enumerate(zip(classes, counts, strict=True))
+        ]
         splits = {
             name: getattr(data, name) for name in ("task_train", "task_test", "public_train", "public_test")
         }
@@ -69,17 +89,19 @@ class Prepare(Stage):
             config={"dataset_digest": data.digest, "dataset_kind": scenario.dataset.kind},
             metrics={
                 "n_train": len(mine),
-                "n_classes": len(data.task_train.classes),
+                "n_classes": len(classes),
                 "n_public_classes": len(data.public_train.classes),
                 "side": data.task_train.side,
                 **{f"images_{name}": len(split) for name, split in splits.items()},
                 "bytes": data.nbytes,
             },
+            records=histogram,
         )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         n = int(reply.number("n_train"))
         server.records.append(Record("partitions", None, task.party, task.party, "n_train", n))
+        server.records += [r for r in reply.records if r.table == HISTOGRAM and r.entity == task.party]
         if task.party == server.of_role(Role.ENTITY)[0]:  # every entity reads the same dataset
             m = reply.metrics
             server.run.record_facts(

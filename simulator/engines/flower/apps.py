@@ -18,6 +18,7 @@ from simulator.engines import Log, drive
 from simulator.engines.flower import codec
 from simulator.engines.flower.grid import AuditedGrid
 from simulator.engines.flower.session import FlowerSession
+from simulator.federation import PHASE, ROUND
 from simulator.protocol import Task
 from simulator.rundir import RunDir
 from simulator.stages import STAGES
@@ -46,8 +47,24 @@ def make_client_app() -> ClientApp:
         task = Task(str(head["stage"]), str(head["party"]), codec.decode(msg.content), key=str(head["key"]))
         return Message(content=codec.encode(node.handle(root, name, task)), reply_to=msg)
 
+    def federated(msg: Message, context: Context) -> Message:
+        """A round of Flower's FedAvg (plain "train" / "evaluate", simulator.federation): the run and the
+        stage come in the strategy's config record, the phase is the message type."""
+        config = dict(msg.content.config_records["config"])
+        root = Path(str(config["run_dir"]))
+        names = [p.name for p in roles.parties(scenario_of(root))]
+        pid = int(context.node_config["partition-id"])
+        if not 0 <= pid < len(names):
+            raise ValueError(f"partition id {pid} has no party; the scenario has {len(names)}")
+        payload = codec.decode(msg.content)
+        payload.config[PHASE] = msg.metadata.message_type
+        task = Task(str(config["stage"]), names[pid], payload, key=f"round {config[ROUND]!s}")
+        return Message(content=codec.encode(node.handle(root, names[pid], task)), reply_to=msg)
+
     for stage_name in STAGES.names:
         app.train(stage_name)(handle)
+    app.train()(federated)
+    app.evaluate()(federated)
     return app
 
 

@@ -12,6 +12,7 @@ from simulator import roles
 from simulator.engines import OnReply, RunFailed, TaskFailed, check_stop
 from simulator.engines.flower import codec
 from simulator.engines.flower.grid import AuditedGrid
+from simulator.federation import Federation, FederationResult
 from simulator.protocol import Task
 
 POLL_SECONDS = 0.05
@@ -64,6 +65,12 @@ class FlowerSession:
         if missing:
             raise RunFailed(f"no node answered for {', '.join(missing)}")
         return keys
+
+    def federate(self, federation: Federation) -> FederationResult:
+        """Flower's FedAvg over the federation's nodes, through the audited grid (engines.flower.fedavg)."""
+        from simulator.engines.flower.fedavg import federate
+
+        return federate(self.grid, self.nodes, federation, self.run_dir, self.timeout)
 
     def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
         queues: dict[str, list[Task]] = {}
