@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from entities.datasets import DatasetError, TaskData, kind_of
-from simulator.schema import MIN_TRAIN_IMAGES, Problem, Scenario, ScenarioError
+from simulator.schema import Problem, Scenario, ScenarioError, too_few_images
 
 MIN_FREE_MB = 200  # below this much free space (VEIL_MIN_FREE_MB) a run does not start
 
@@ -82,17 +82,7 @@ def check_counts(scenario: Scenario, sizes: Mapping[str, int]) -> None:
     for name in SPLITS[:3]:
         if sizes[name] == 0:
             problems.append(Problem("dataset", f"the {name} split holds no images"))
-    n = sizes["task_train"]
-    for i, entity in enumerate(scenario.entities):
-        got = max(1, round(entity.fraction * n))
-        if got < MIN_TRAIN_IMAGES:
-            problems.append(
-                Problem(
-                    f"entities[{i}].fraction",
-                    f"{entity.fraction:g} of the {n} training images is {got}; expected at least "
-                    f"{MIN_TRAIN_IMAGES} per entity (a batch of one cannot train: BatchNorm needs two)",
-                )
-            )
+    problems += too_few_images(enumerate(scenario.entities), sizes["task_train"])
     owner = scenario.data_owner
     n_test = sizes["task_test"]
     for i, user in enumerate(owner.users if owner is not None else []):

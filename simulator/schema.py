@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -845,6 +845,23 @@ MIN_TRAIN_IMAGES: Final = 2  # entities.training.fit skips a batch of one (Batch
 MAX_DATASET_GIB: Final = 16  # every party process builds the dataset in memory
 
 
+def too_few_images(entities: Iterable[tuple[int, Entity]], n_train: int) -> list[Problem]:
+    """An entity whose share of the n_train training images is too small to train on."""
+    problems = []
+    for i, entity in entities:
+        got = max(1, round(entity.fraction * n_train))
+        if got < MIN_TRAIN_IMAGES:
+            problems.append(
+                Problem(
+                    f"entities[{i}].fraction",
+                    f"{entity.fraction:g} of the {_count(n_train)} training images is {got}; "
+                    f"expected at least {MIN_TRAIN_IMAGES} per entity "
+                    "(a batch of one cannot train: BatchNorm needs two)",
+                )
+            )
+    return problems
+
+
 def _count(value: int) -> str:
     """An integer as a message shows it: a huge one by its length, not its 4000 digits."""
     text = str(value) if abs(value) < 10**15 else f"a {len(str(abs(value)))}-digit number"
@@ -900,17 +917,7 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
     sizes = section.sizes() if section is not None else None
     if sizes is not None:
         n_train = sizes["task_train"]
-        for i, entity in _well_formed(Entity, entities):
-            got = max(1, round(entity.fraction * n_train))
-            if got < MIN_TRAIN_IMAGES:
-                problems.append(
-                    Problem(
-                        f"entities[{i}].fraction",
-                        f"{entity.fraction:g} of the {_count(n_train)} training images is {got}; "
-                        f"expected at least {MIN_TRAIN_IMAGES} per entity "
-                        "(a batch of one cannot train: BatchNorm needs two)",
-                    )
-                )
+        problems += too_few_images(_well_formed(Entity, entities), n_train)
         images = sum(sizes.values())
         sides = [section.side]  # type: ignore[union-attr]
         owner = data.get("data_owner")
