@@ -289,6 +289,8 @@ def _owner_only_run(runs: Runs) -> Path:
         "collaboration",
         "backbone",
         "adversaries",
+        "fedavg",
+        "partition",
     ):
         data.pop(section, None)
     data["name"] = "owner-only"
