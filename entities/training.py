@@ -225,6 +225,13 @@ def _fingerprint(
     return repr((net, n, seed, epochs, fields, generators, shapes))
 
 
+def schedule_of(recipe: Recipe, n: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) `fit` trains for on n samples: a small dataset trains for more epochs,
+    so that every run gets at least recipe.min_steps updates."""
+    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    return max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)), steps_per_epoch
+
+
 def fit(
     trained: nn.Module | Iterable[nn.Parameter],
     *,
@@ -252,9 +259,7 @@ def fit(
     candidates = trained.parameters() if isinstance(trained, nn.Module) else trained
     params = [p for p in candidates if p.requires_grad]
     opt = OPTIMIZERS.get(recipe.optimizer)(params, recipe)
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
-    # a small dataset trains for more epochs, so that every run gets at least min_steps updates
-    epochs = max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch))
+    epochs, steps_per_epoch = schedule_of(recipe, n)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     generator = seed_everything(seed)
     history: list[float] = []

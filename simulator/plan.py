@@ -27,7 +27,6 @@ from torch import nn
 
 from entities import entity as E
 from entities import threats
-from entities.data import partition
 from entities.datasets import kind_of
 from entities.datasets.base import Published, images_budget
 from entities.grids import IMAGES
@@ -37,12 +36,13 @@ from entities.publication import autoencoder_config
 from entities.recipes import Recipe
 from entities.registry import OPTIMIZERS
 from entities.sparse import SparsifyingAutoencoder
-from entities.training import device
+from entities.training import device, schedule_of
 from simulator.preflight import MIN_FREE_MB, SPLITS, check_counts, load_checked
 from simulator.roles import parties
 from simulator.schema import Problem, Scenario, ScenarioError, Training
 from simulator.stages import stage_order
 from simulator.stages.poison import originals_published, victims_of
+from simulator.stages.prepare import partitions
 
 MEASURE_SIDE = 32  # nets are timed at this side at most, their cost scaled by pixels (convolutions)
 MEASURE_BATCH = 16  # and at this batch at most: a few seconds in all on a laptop's CPU
@@ -102,9 +102,7 @@ def plan_data(scenario: Scenario) -> DataPlan:
     check_counts(scenario, splits)
     images = {}
     if scenario.entities:  # drawn exactly as `prepare` draws them
-        index = partition(
-            data.task_train.labels, [e.fraction for e in scenario.entities], seed=scenario.task_seed
-        )
+        index = partitions(scenario, data.task_train.labels)
         images = {e.name: len(i) for e, i in zip(scenario.entities, index, strict=True)}
     classes = (len(data.task_train.classes), len(data.public_train.classes))
     return DataPlan(section.kind, section.side, *classes, splits, images)
@@ -342,9 +340,8 @@ def measure(scenario: Scenario, data: DataPlan) -> Speeds:
 
 
 def epochs_of(recipe: Training, n: int) -> int:
-    """The epochs `fit` trains for (entities.training.fit's rule): at least min_steps updates."""
-    steps = max(1, math.ceil(n / recipe.batch_size))
-    return max(recipe.epochs, math.ceil(recipe.min_steps / steps))
+    """The epochs `fit` trains for on n samples."""
+    return schedule_of(recipe, n)[0]
 
 
 @dataclass(frozen=True)
