@@ -318,7 +318,13 @@ def test_a_kind_added_in_a_test_module_runs_the_smoke_scenario(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("kind", "make"),
-    [("cifar10", make_cifar10), ("image_folder", make_imagenet), ("celeba", make_celeba)],
+    [
+        # CIFAR's and the image folders' runs in the slow tier (a minute each): their reading is tested
+        # above, and the celeba run takes files through every stage in the default tier
+        pytest.param("cifar10", make_cifar10, marks=pytest.mark.slow),
+        pytest.param("image_folder", make_imagenet, marks=pytest.mark.slow),
+        ("celeba", make_celeba),
+    ],
 )
 def test_the_smoke_scenario_runs_on_each_layout(tmp_path: Path, kind: str, make) -> None:
     root = make(tmp_path / "data")
