@@ -204,10 +204,13 @@ def batch_reader(images: Images) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @torch.no_grad()
 def over_batches(
-    images: Images, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 256
+    images: Images,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 256,
+    read: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """fn over every image in order, `batch_size` at a time, without gradients, the results on the CPU
-    (training.apply for images that may not fit in memory)."""
-    read, n = batch_reader(images), len(images)
+    (training.apply for images that may not fit in memory); `read`: a batch_reader of them already made."""
+    read, n = read or batch_reader(images), len(images)
     parts = [fn(read(torch.arange(i, min(i + batch_size, n)))).cpu() for i in range(0, n, batch_size)]
     return torch.cat(parts) if parts else torch.empty(0)

@@ -155,7 +155,7 @@ def train_reconstructor(
     recon = new_reconstructor(spec, backbone, shape[0]).to(dev)
     read = batch_reader(public)
     if in_memory(public, factor=4 + 4 * math.prod(shape) // (3 * public.side**2)):
-        feats = over_batches(public, lambda b: featurizer(b.to(dev)))
+        feats = over_batches(public, lambda b: featurizer(b.to(dev)), read=read)
 
         def features(index: torch.Tensor) -> torch.Tensor:
             return feats[index].to(dev)

@@ -16,7 +16,11 @@ EXIT_INVALID = 2
 def _validate(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.file, args.set)
-        if not args.schema_only:
+        root = getattr(scenario.dataset, "root", None)
+        if isinstance(root, Path) and not root.exists():  # a scenario for another machine's data
+            note = f"note: dataset.root {root} is not on this machine; `veil run` checks its files"
+            print(note, file=sys.stderr)
+        elif not args.schema_only:
             check_dataset(scenario)
     except ScenarioError as err:
         print(err, file=sys.stderr)

@@ -33,6 +33,11 @@ class CifarDataset(DatasetSection, Geometry, Sampling):
     image_size: int = Field(32, ge=8, le=1024, description="image side the nets see (the archive's is 32)")
 
 
+    def keys(self) -> tuple[bytes, bytes, int]:
+        """(the batches' label key, the meta file's names key, how many classes): CIFAR-10's."""
+        return b"labels", b"label_names", 10
+
+
 class Cifar10Dataset(CifarDataset):
     kind: Literal["cifar10"]
 
@@ -40,6 +45,11 @@ class Cifar10Dataset(CifarDataset):
 class Cifar100Dataset(CifarDataset):
     kind: Literal["cifar100"]
     labels: Literal["fine", "coarse"] = Field("fine", description="the 100 fine classes or the 20 coarse")
+
+    def keys(self) -> tuple[bytes, bytes, int]:
+        if self.labels == "coarse":
+            return b"coarse_labels", b"coarse_label_names", 20
+        return b"fine_labels", b"fine_label_names", 100
 
 
 def _unpickle(path: Path, keys: tuple[bytes, ...], layout: str) -> dict[bytes, Any]:
@@ -62,12 +72,6 @@ class _Cifar(DatasetKind[CifarDataset]):
     test_file: str
     meta_file: str
 
-    def _label_key(self, spec: CifarDataset) -> bytes:
-        raise NotImplementedError
-
-    def _names_key(self, spec: CifarDataset) -> bytes:
-        raise NotImplementedError
-
     @property
     def layout(self) -> str:
         files = ", ".join((*self.train_files, self.test_file, self.meta_file))
@@ -81,14 +85,14 @@ class _Cifar(DatasetKind[CifarDataset]):
         folder = self._dir(spec)
         if not folder.is_dir():
             raise DatasetError(spec.root, "does not exist", self.layout)
-        meta = _unpickle(folder / self.meta_file, (self._names_key(spec),), self.layout)
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[self._names_key(spec)]]
+        meta = _unpickle(folder / self.meta_file, (spec.keys()[1],), self.layout)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec.keys()[1]]]
         images, labels, tests = [], [], []
         files = [folder / f for f in (*self.train_files, self.test_file)]
         for path in files:
-            batch = _unpickle(path, (b"data", self._label_key(spec)), self.layout)
+            batch = _unpickle(path, (b"data", spec.keys()[0]), self.layout)
             data = np.asarray(batch[b"data"])
-            y = np.asarray(batch[self._label_key(spec)], dtype=np.int64)
+            y = np.asarray(batch[spec.keys()[0]], dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(y) != len(data):
                 raise DatasetError(
                     path,
@@ -105,12 +109,9 @@ class _Cifar(DatasetKind[CifarDataset]):
     def check(self, spec: CifarDataset) -> None:
         self._read(spec)
 
-    def _classes(self, spec: CifarDataset) -> int:
-        raise NotImplementedError
-
     def published(self, spec: CifarDataset) -> Published | None:
         """The archive's sizes as published: 50,000 training and 10,000 test images, equal per class."""
-        return published_split(spec, name=self.folder, classes=self._classes(spec), train=50_000, test=10_000)
+        return published_split(spec, name=self.folder, classes=spec.keys()[2], train=50_000, test=10_000)
 
     def load(self, spec: CifarDataset, *, seed: int, side: int | None = None) -> TaskData:
         images, labels, tests, names, files = self._read(spec)
@@ -134,15 +135,6 @@ class Cifar10(_Cifar):
     test_file = "test_batch"
     meta_file = "batches.meta"
 
-    def _label_key(self, spec: CifarDataset) -> bytes:
-        return b"labels"
-
-    def _names_key(self, spec: CifarDataset) -> bytes:
-        return b"label_names"
-
-    def _classes(self, spec: CifarDataset) -> int:
-        return 10
-
 
 @DATASETS.register("cifar100")
 class Cifar100(_Cifar):
@@ -151,12 +143,3 @@ class Cifar100(_Cifar):
     train_files = ("train",)
     test_file = "test"
     meta_file = "meta"
-
-    def _label_key(self, spec: CifarDataset) -> bytes:
-        return b"coarse_labels" if getattr(spec, "labels", "fine") == "coarse" else b"fine_labels"
-
-    def _names_key(self, spec: CifarDataset) -> bytes:
-        return b"coarse_label_names" if getattr(spec, "labels", "fine") == "coarse" else b"fine_label_names"
-
-    def _classes(self, spec: CifarDataset) -> int:
-        return 20 if getattr(spec, "labels", "fine") == "coarse" else 100

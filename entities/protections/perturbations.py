@@ -9,6 +9,7 @@ backbone and split; the filters smooth each feature map alone (depthwise), edges
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -156,8 +157,9 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 class Perturbation(ProtectionKind[Any]):
     """A fixed perturbation of the features, then (with `then_dpm`) a DPM trained on its output."""
 
+    @abstractmethod
     def perturbation(self, seed: int) -> nn.Module:
-        raise NotImplementedError
+        """The fixed perturbation, its random parts drawn from `seed`."""
 
     def calibrate(self, perturbation: nn.Module, holdings: Holdings) -> None:
         """Fit what the perturbation measures on the entity's own features (the noise's scale)."""
