@@ -88,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"median wall: ref {args.ref} {ref:.1f} s, this checkout {this:.1f} s, ratio {this / ref:.2f}"
             )
-            same = records(outs["ref"]) == records(outs["this"])
+            old, new = records(outs["ref"]), records(outs["this"])
+            same = old == new
             print("result records (timings excluded):", "identical" if same else "DIFFERENT")
+            if not same:  # what differs, a few lines of each side
+                gone, added = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+                print(f"  {len(gone)} only under the reference, {len(added)} only in this checkout")
+                for sign, lines in (("-", gone), ("+", added)):
+                    for line in lines[:5]:
+                        print(f"  {sign} {line[:200]}")
             print(f"load: {os.getloadavg()}")
             return 0 if same else 1
         finally:
