@@ -30,10 +30,8 @@ from reports.paper import (
     PAPER_KEY_KB,
     PAPER_TABLE1,
     PAPER_TABLE2,
-    PAPER_TABLE3,
     PAPER_TABLE5,
     scenario_to_paper_rows,
-    table3_row,
 )
 from reports.plots import attack_bars, privacy_utility_plot, rd_curve_plot, table5_bars, training_plot
 from reports.runs import CELL, Sweep
@@ -233,81 +231,6 @@ def section_table12(stats: Stats, scenario: dict[str, Any], which: str) -> Secti
         frame,
         display,
         paper_rows=[len(display) - 1],
-    )
-
-
-def section_table3(stats: Stats) -> Section | None:
-    if "table3" not in stats.tables():
-        return None
-    frame, display = grid(stats, "table3", ["label"], ["metric"])
-    for metric in ("top1", "top5", "l1", "ssim"):
-        paper = [
-            PAPER_TABLE3[r][metric] if (r := table3_row(str(lab))) is not None else None
-            for lab in frame["label"]
-        ]
-        frame[f"paper {metric}"] = paper
-        display[f"paper {metric}"] = [fmt(v) for v in paper]
-    return Section(
-        "table3",
-        "Table 3: perturbations of the features, alone and with a DPM",
-        f"Paper: {DEEP_POISONING}, ResNet-101 on ImageNet halves (its perturbations' parameters are lost).",
-        frame,
-        display,
-        paper_columns=[f"paper {m}" for m in ("top1", "top5", "l1", "ssim")],
-    )
-
-
-def _protection_labels(stats: Stats) -> dict[str, str]:
-    """Each entity's protection as Table 3 names it (the label of its protected features' line)."""
-    t3 = stats.table("table3")
-    out: dict[str, str] = {}
-    for entity, label in zip(t3.entity, t3.label, strict=True):
-        if label != "none" or entity not in out:
-            out[str(entity)] = str(label)
-    return out
-
-
-def section_protections(stats: Stats) -> Section | None:
-    """Each protection against every attack on its pool (Table 3's cost beside it), and the strongest:
-    the question of issue 17, and the paper's Table 4 (a holder reverses a shared obfuscator)."""
-    attack_cells = stats.table("attack")
-    labels = _protection_labels(stats)
-    if attack_cells.empty or not labels:
-        return None
-    protected = attack_cells[
-        attack_cells.label.str.endswith(" on protected") & (attack_cells.metric == "ssim")
-    ]
-    attacks_seen = list(dict.fromkeys(str(x).removesuffix(" on protected") for x in protected.label))
-    numeric, shown = [], []
-    for victim in dict.fromkeys(str(v) for v in protected.entity):
-        num: dict[str, Any] = {"victim": victim, "protection": labels.get(victim, "")}
-        dis: dict[str, Any] = {"victim": victim, "protection": labels.get(victim, "")}
-        for metric in ("top1", "ssim"):
-            cell = stats.by_key.get(("table3", None, labels.get(victim, ""), victim, metric))
-            num[f"table3 {metric}"] = None if cell is None else cell["mean"]
-            dis[f"table3 {metric}"] = _stat(cell, stats.n_runs)
-        best: tuple[float, str] | None = None
-        for name in attacks_seen:
-            cell = stats.by_key.get(("attack", None, f"{name} on protected", victim, "ssim"))
-            num[f"{name} ssim"] = None if cell is None else cell["mean"]
-            dis[f"{name} ssim"] = _stat(cell, stats.n_runs)
-            if cell is not None and (best is None or cell["mean"] > best[0]):
-                best = (float(cell["mean"]), name)
-        num["strongest ssim"], num["strongest"] = (best[0], best[1]) if best else (None, None)
-        dis["strongest ssim"], dis["strongest"] = (fmt(best[0]), best[1]) if best else ("", "")
-        numeric.append(num)
-        shown.append(dis)
-    return Section(
-        "protections",
-        "Protections against every attack on their pool (with Table 4's shared obfuscator)",
-        "Per victim, its declared protection, what it costs (Table 3: C's top-1 on its protected test "
-        "features) and hides from R (Table 3's SSIM), and the SSIM of each attack's reconstructions of its "
-        "protected pooled features, the strongest last. The paper's Table 4: a holder of a shared "
-        "obfuscator reverses it (reconstruction SSIM 0.8232 there); a private DPM is not reversed by another "
-        "entity's holder attack (protection-holder)."
-        + (f" Mean ± SD over {stats.n_runs} seeds." if stats.n_runs > 1 else ""),
-        pd.DataFrame(numeric),
-        pd.DataFrame(shown).fillna(""),
     )
 
 
@@ -1007,15 +930,14 @@ def build(sweep: Sweep, out: Path) -> tuple[str, list[tuple[str, str]], list[str
     scenario = sweep.runs[0].scenario
     title, facts, stages = header(sweep)
     diffs = compare.paired_differences(sweep.runs, "top1")
-    from reports import fedavg  # it builds on this module's Section and Stats
+    from reports import fedavg, protections  # they build on this module's Section and Stats
 
     candidates = [
         section_findings(sweep),
         section_parameter(sweep, out),
         section_table12(stats, scenario, "table1"),
         section_table12(stats, scenario, "table2"),
-        section_table3(stats),
-        section_protections(stats),
+        *protections.sections(sweep, stats, out),
         fedavg.section_histograms(sweep, out),
         section_table5(stats, scenario, out),
         fedavg.section_fedavg(stats),

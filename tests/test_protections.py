@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -27,7 +28,9 @@ from entities.protections.perturbations import (
     MeanFilterSection,
 )
 from entities.registry import PROTECTIONS
-from reports.runs import read_records
+from reports.protections import on_frontier
+from reports.report import write_report
+from reports.runs import load_sweep, read_records
 from simulator import protection as P
 from simulator.cli import main
 from simulator.rundir import RunDir
@@ -357,6 +360,41 @@ def test_every_protected_pool_is_attacked_with_finite_scores(protections_run: Pa
     for victim in ("E1", "E7"):
         assert ("mallory: protection-holder on protected", victim) in seen
     assert np.isfinite(scored["value"].to_numpy(float)).all()
+
+
+def test_the_frontier_keeps_exactly_the_points_nothing_dominates() -> None:
+    lost = np.array([0.1, 0.2, 0.2, 0.5, 0.05, 0.3])
+    utility = np.array([50.0, 60.0, 55.0, 70.0, 10.0, 60.0])
+    # (0.2, 55) loses to (0.2, 60); (0.3, 60) to (0.2, 60); the rest trade privacy for utility
+    assert on_frontier(lost, utility).tolist() == [True, True, False, True, True, False]
+
+
+def test_the_report_puts_each_protection_on_the_frontier_and_beside_tables_3_and_4(
+    protections_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    write_report(load_sweep(protections_run), out)
+    points = pd.read_csv(out / "frontier.csv")
+    # a point per attacked victim, its utility C's top-1 through its protection (Table 3's)
+    assert set(points["victim"]) == {"E1", "E3", "E4", "E6", "E7", "E9", "E10", "E11"}
+    records = read_records(protections_run)
+    t3 = records[(records["table"] == "table3") & (records["metric"] == "top1")]
+    for victim, label, top1 in zip(points["victim"], points["protection"], points["top1"], strict=True):
+        assert top1 == pytest.approx(float(t3[(t3.entity == victim) & (t3.label == label)]["value"].iloc[0]))
+    # privacy lost: the strongest attack on its protected pool, and every point off the frontier dominated
+    attacks = records[(records["table"] == "attack") & (records["metric"] == "ssim")]
+    for victim, ssim in zip(points["victim"], points["ssim"], strict=True):
+        on_pool = attacks[(attacks.entity == victim) & attacks.label.str.endswith(" on protected")]
+        assert ssim == pytest.approx(float(on_pool["value"].max()))
+    for _, p in points[~points["on frontier"]].iterrows():
+        assert ((points["ssim"] <= p["ssim"]) & (points["top1"] >= p["top1"])).any()
+    assert (out / "frontier.png").stat().st_size > 0
+    # Table 4: the shared obfuscator's holder and the private DPM under the same attack, the paper beside
+    table4 = pd.read_csv(out / "table4.csv").set_index("victim")
+    assert table4.loc["E7", "protection"] == "shared obfuscator" and table4.loc["E1", "protection"] == "DPM"
+    assert np.isfinite(table4.loc[["E1", "E7"], "holder ssim"]).all()
+    assert table4.loc["E7", "paper holder ssim"] == pytest.approx(0.8232)
+    assert "strongest attack ssim" in pd.read_csv(out / "table3.csv")
 
 
 def test_the_shared_obfuscator_is_the_leaders_and_each_holder_rebuilds_its_own_protector(
