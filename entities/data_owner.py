@@ -161,13 +161,9 @@ class AuthorisedUser:
         n = manifest["n_images"]
         for index, support in keys.items():
             if index >= n:
-                raise KeyFormatError(
-                    f"{source}: a key for image {index}, but only {n} images are published"
-                )
+                raise KeyFormatError(f"{source}: a key for image {index}, but only {n} images are published")
             if (support & (publication.codes[index].numpy() == 0)).any():
-                raise KeyFormatError(
-                    f"{source}: the key of image {index} does not fit the public codes"
-                )
+                raise KeyFormatError(f"{source}: the key of image {index} does not fit the public codes")
         return cls(name, keys, publication)
 
     @property

@@ -23,7 +23,7 @@ from entities.nets import DPM, build_classifier, build_reconstructor, feature_sh
 from entities.recipes import BackboneSpec, DPMRecipe, DPMShape, Recipe, ReconstructorSpec, RefineRecipe
 from entities.registry import OBJECTIVES
 from entities.rows import Rows
-from entities.training import apply, device, fit
+from entities.training import apply, device, fit, to_device
 
 StateDict = dict[str, torch.Tensor]
 
@@ -128,7 +128,7 @@ def train_classifier(
     aug = torch.Generator().manual_seed(seed + 1)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        xb = flip(read(index), aug).to(dev)
+        xb = to_device(flip(read(index), aug))
         return nn.functional.cross_entropy(net(xb), y[index].to(dev))
 
     fit(net, recipe=recipe, n=len(y), loss_fn=loss, seed=seed, net="classifier", generators=[aug])
@@ -158,15 +158,15 @@ def train_reconstructor(
         feats = over_batches(public, lambda b: featurizer(b.to(dev)), read=read)
 
         def features(index: torch.Tensor) -> torch.Tensor:
-            return feats[index].to(dev)
+            return to_device(feats[index])
     else:
 
         def features(index: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return featurizer(read(index).to(dev))
+                return featurizer(to_device(read(index)))
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        return l1(recon(features(index)), read(index).to(dev)).mean()
+        return l1(recon(features(index)), to_device(read(index))).mean()
 
     fit(recon, recipe=spec.training, n=len(public), loss_fn=loss, seed=seed, net="reconstructor")
     featurizer.cpu()
@@ -235,10 +235,10 @@ def train_dpm(
         before = before.to(dev).eval()
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        batch = feats[index].to(dev)
+        batch = to_device(feats[index])
         poisoned = dpm(batch if before is None else before(batch))
         task = task_term(decider(poisoned), index)
-        similarity = ssim(recon(poisoned), x[index].to(dev)).mean()
+        similarity = ssim(recon(poisoned), to_device(x[index])).mean()
         return task + recipe.lam * similarity
 
     fit(dpm, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="dpm")
@@ -362,7 +362,7 @@ def train_decider(
         x = features[index].float()
         if cells:
             x = shift(x, cells, aug)
-        return nn.functional.cross_entropy(decider(x.to(dev)), labels[index].to(dev))
+        return nn.functional.cross_entropy(decider(to_device(x)), labels[index].to(dev))
 
     fit(decider, recipe=recipe, n=len(features), loss_fn=loss, seed=seed, net="decider", generators=[aug])
     return decider.eval().cpu()

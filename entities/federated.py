@@ -19,7 +19,7 @@ from entities.data import Images, batch_reader
 from entities.entity import flip
 from entities.nets import build_classifier
 from entities.recipes import BackboneSpec, Recipe
-from entities.training import device, fit
+from entities.training import device, fit, to_device
 
 State = dict[str, np.ndarray]
 
@@ -68,7 +68,7 @@ def train_local(
     aug = torch.Generator().manual_seed(seed + 1)
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        xb = flip(read(index), aug).to(dev)
+        xb = to_device(flip(read(index), aug))
         return nn.functional.cross_entropy(net(xb), y[index].to(dev))
 
     history = fit(net, recipe=recipe, n=len(y), loss_fn=loss, seed=seed, net="F+C (FedAvg)", generators=[aug])

@@ -19,7 +19,7 @@ from torch import nn
 from entities.data import to_float
 from entities.recipes import Recipe
 from entities.registry import SAMPLERS
-from entities.training import device, fit
+from entities.training import device, fit, to_device
 
 # ---------------------------------------------------------------- the k-sparse operator
 
@@ -265,7 +265,7 @@ def train_autoencoder(
     model.to(dev).train()
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        xb = x[index].to(dev)
+        xb = to_device(x[index])
         return nn.functional.binary_cross_entropy_with_logits(model.logits(xb), xb)
 
     fit(model, recipe=recipe, n=len(x), loss_fn=loss, seed=seed, net="autoencoder")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -41,6 +41,85 @@ def sgd(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
 def device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --- how a CUDA device trains: bigger batches, mixed precision, channels-last, pinned copies ----------
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """What `fit` and `to_device` do on a GPU (scenario `resources.gpu`). The defaults change nothing,
+    and a node without CUDA always trains with them, so a CPU run's results never depend on these."""
+
+    batch_scale: int = 1  # every recipe's batch_size times this
+    lr_scale: float = 1.0  # and its learning rate times this (linear scaling: batch_scale; else 1)
+    amp: str = "off"  # autocast dtype: "off", "bf16" or "fp16" (the latter with a gradient scaler)
+    channels_last: bool = False  # the trained net and 4-D batches in channels-last memory format
+    pin_memory: bool = False  # batches copied to the device from pinned memory, asynchronously
+
+
+PLAIN = Acceleration()
+_ACCELERATION: ContextVar[Acceleration | None] = ContextVar("veil_acceleration", default=None)
+
+
+def acceleration() -> Acceleration:
+    """The acceleration `fit` trains with here (PLAIN outside an `accelerating()` block)."""
+    return _ACCELERATION.get() or PLAIN
+
+
+class GPUSettings(Protocol):
+    """The scenario's `resources.gpu` section (simulator.schema.GPUSettings)."""
+
+    @property
+    def batch_scale(self) -> int: ...
+    @property
+    def lr_scaling(self) -> str: ...
+    @property
+    def amp(self) -> str: ...
+    @property
+    def channels_last(self) -> bool: ...
+    @property
+    def pin_memory(self) -> bool: ...
+
+
+@contextmanager
+def accelerating(
+    settings: GPUSettings | Acceleration, *, on: torch.device | None = None
+) -> Iterator[Acceleration]:
+    """Train inside the block as `settings` say where the device (`on`, default: this machine's) is CUDA;
+    elsewhere with the defaults. An `Acceleration` given directly applies on any device (tests)."""
+    if isinstance(settings, Acceleration):
+        acc = settings
+    elif (on or device()).type == "cuda":
+        scale = settings.batch_scale
+        lr = float(scale) if settings.lr_scaling == "linear" else 1.0
+        acc = Acceleration(scale, lr, settings.amp, settings.channels_last, settings.pin_memory)
+    else:
+        acc = PLAIN
+    token = _ACCELERATION.set(acc)
+    try:
+        yield acc
+    finally:
+        _ACCELERATION.reset(token)
+
+
+def batch_size_of(recipe: Recipe) -> int:
+    """The batch size `fit` trains with here: the recipe's, scaled on a GPU."""
+    return recipe.batch_size * acceleration().batch_scale
+
+
+def to_device(x: torch.Tensor) -> torch.Tensor:
+    """A batch moved to the training device: from pinned memory without blocking, channels-last for
+    images, where the acceleration says so."""
+    acc, dev = acceleration(), device()
+    if acc.pin_memory and dev.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory().to(dev, non_blocking=True)
+    else:
+        x = x.to(dev)
+    return x.contiguous(memory_format=torch.channels_last) if acc.channels_last and x.dim() == 4 else x
+
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -222,13 +301,16 @@ def _fingerprint(
     """What identifies one fit across attempts; a checkpoint of any other fit is not loaded."""
     fields = (recipe.optimizer, recipe.lr, recipe.batch_size, recipe.weight_decay, recipe.min_steps)
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    return repr((net, n, seed, epochs, fields, generators, shapes))
+    acc = acceleration()
+    return repr(
+        (net, n, seed, epochs, fields, generators, shapes) + ((acc,) if acc != Acceleration() else ())
+    )
 
 
 def schedule_of(recipe: Recipe, n: int) -> tuple[int, int]:
     """(epochs, steps per epoch) `fit` trains for on n samples: a small dataset trains for more epochs,
     so that every run gets at least recipe.min_steps updates."""
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    steps_per_epoch = max(1, math.ceil(n / batch_size_of(recipe)))
     return max(recipe.epochs, math.ceil(recipe.min_steps / steps_per_epoch)), steps_per_epoch
 
 
@@ -246,7 +328,8 @@ def fit(
     """Minimise loss_fn over shuffled index batches of n samples for recipe.epochs epochs
     (more when that makes fewer than recipe.min_steps steps).
 
-    Cosine learning-rate decay; batches of one sample are skipped (BatchNorm needs two).
+    Cosine learning-rate decay; batches of one sample are skipped (BatchNorm needs two). Inside an
+    `accelerating()` block on a GPU: larger batches, mixed precision, channels-last (see Acceleration).
     Returns the mean loss of each epoch. `net` names what trains in progress reports (entities.progress).
 
     `trained`: a module (its parameters that require gradients train) or bare parameters. Inside a
@@ -258,7 +341,14 @@ def fit(
     model = trained if isinstance(trained, nn.Module) else None
     candidates = trained.parameters() if isinstance(trained, nn.Module) else trained
     params = [p for p in candidates if p.requires_grad]
+    acc = acceleration()
+    if model is not None and acc.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = OPTIMIZERS.get(recipe.optimizer)(params, recipe)
+    for group in opt.param_groups:  # before the schedule reads its initial lr
+        group["lr"] *= acc.lr_scale
+    amp = _AMP_DTYPES.get(acc.amp)
+    scaler = torch.amp.GradScaler(device().type, enabled=acc.amp == "fp16")
     epochs, steps_per_epoch = schedule_of(recipe, n)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     generator = seed_everything(seed)
@@ -275,15 +365,17 @@ def fit(
     progress = tracker(net, (epochs - start) * steps_per_epoch, epochs)
     for epoch in range(start, epochs):
         total, count = 0.0, 0
-        for index in batches(n, recipe.batch_size, generator):
+        for index in batches(n, batch_size_of(recipe), generator):
             progress.step(len(index), epoch + 1)
             if len(index) < 2:
                 schedule.step()
                 continue
-            loss = loss_fn(index)
+            with torch.autocast(device().type, dtype=amp, enabled=amp is not None):
+                loss = loss_fn(index)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             schedule.step()
             total += loss.item() * len(index)
             count += len(index)

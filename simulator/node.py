@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from entities import progress
-from entities.training import checkpointing
+from entities.training import accelerating, checkpointing
 from simulator import roles, sealing
 from simulator.cache import scenario_of
 from simulator.progress import party_task
@@ -47,9 +47,10 @@ def handle(root: Path, name: str, task: Task) -> Payload:
     digests = dict(str(x).partition("=")[::2] for x in (expected if isinstance(expected, list) else []))
     view = PartyView(root, party, scenario, expected=digests)
     # what the party is doing, for the driver's display (simulator.progress); a stage may name finer units.
-    # Its fits checkpoint in its private directory, so that a task killed mid-fit resumes mid-fit.
+    # Its fits checkpoint in its private directory, so that a task killed mid-fit resumes mid-fit, and
+    # train as resources.gpu says where the node has a GPU.
     with party_task(root, name, task.stage, task.key) as sink, progress.reporting(sink):
-        with progress.unit(task.key if task.key != task.stage else ""):
+        with progress.unit(task.key if task.key != task.stage else ""), accelerating(scenario.resources.gpu):
             with checkpointing(view.checkpoint_dir(task.stage, task.key)) as checkpoints:
                 reply = stage.work(view, task)
     if checkpoints.resumed:

@@ -413,12 +413,32 @@ class Verdict(Strict):
     )
 
 
+class GPUSettings(Strict):
+    """How a node trains where it has a CUDA device; a node without one ignores this section, so CPU
+    results never depend on it (entities.training.Acceleration)."""
+
+    batch_scale: int = Field(
+        1, ge=1, le=1024, description="every training batch is this many times its recipe's batch_size"
+    )
+    lr_scaling: Literal["none", "linear"] = Field(
+        "none", description="'linear': each learning rate times batch_scale too (Goyal et al., 2017)"
+    )
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision: autocast to this dtype ('fp16' with a gradient scaler)"
+    )
+    channels_last: bool = Field(
+        False, description="the trained nets and image batches in channels-last format"
+    )
+    pin_memory: bool = Field(True, description="copy batches to the GPU from pinned memory, asynchronously")
+
+
 class Resources(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU share of each simulated node")
     num_gpus: float = Field(0.0, ge=0, le=1, description="GPU share of each node (0 on a CPU machine)")
     cpu_fallback: bool = Field(
         False, description="where num_gpus > 0 and the machine has no GPU: run on the CPU (else refuse)"
     )
+    gpu: GPUSettings = GPUSettings()
 
 
 class Timeouts(Strict):

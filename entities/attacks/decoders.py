@@ -19,7 +19,7 @@ from torch import nn
 from entities.data import to_float
 from entities.nets import InverseBottleneck, inverse_layers
 from entities.rows import Rows
-from entities.training import device, fit
+from entities.training import device, fit, to_device
 
 OUTPUTS = ("minmax", "clamp", "sigmoid")
 
@@ -145,8 +145,8 @@ def train_decoder(
     decoder = Decoder(features.shape[1], factor or factor_of(images, features), shape).to(dev).train()
 
     def loss(index: torch.Tensor) -> torch.Tensor:
-        out = decoder(features[index].float().to(dev))
-        return (out - images[index].to(dev)).abs().mean()
+        out = decoder(to_device(features[index].float()))
+        return (out - to_device(images[index])).abs().mean()
 
     history = fit(decoder, recipe=training, n=len(features), loss_fn=loss, seed=seed, net=net)
     return decoder.eval().cpu(), history

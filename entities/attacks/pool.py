@@ -33,7 +33,7 @@ from entities.nets import ResidualBlock
 from entities.progress import tracker
 from entities.protections import DPMSection, Holdings, ProtectionKind, make_protection
 from entities.rows import Rows
-from entities.training import apply, batches, device, seed_everything
+from entities.training import apply, batches, device, seed_everything, to_device
 
 
 def _victim(knowledge: Knowledge, victim: str) -> Rows:
@@ -436,7 +436,7 @@ class FeatureAlignment(Attack):
                 progress.step(len(index), epoch + 1)
                 if len(index) < 2:
                     continue
-                l1 = (decoder(aligned[index].to(dev)) - x[index].to(dev)).abs().mean()
+                l1 = (decoder(to_device(aligned[index])) - to_device(x[index])).abs().mean()
                 dopt.zero_grad(set_to_none=True)
                 l1.backward()
                 dopt.step()

@@ -32,7 +32,6 @@ class CifarDataset(DatasetSection, Geometry, Sampling):
     root: Path = Field(description="the folder that holds cifar-10-batches-py/ (or cifar-100-python/), or it")
     image_size: int = Field(32, ge=8, le=1024, description="image side the nets see (the archive's is 32)")
 
-
     def keys(self) -> tuple[bytes, bytes, int]:
         """(the batches' label key, the meta file's names key, how many classes): CIFAR-10's."""
         return b"labels", b"label_names", 10

@@ -44,7 +44,7 @@ def train_protector(
     from entities.nets import DPM
     from entities.progress import tracker
     from entities.registry import OBJECTIVES
-    from entities.training import device, seed_everything
+    from entities.training import device, seed_everything, to_device
 
     dev = device()
     recipe, shape, nets = holdings.recipe(), holdings.shape(), holdings.nets
@@ -70,7 +70,7 @@ def train_protector(
         if restart_every and step and step % restart_every == 0:
             adversaries = [fresh(i) for i in range(len(decoders))]
         index = torch.randint(len(x), (b,), generator=generator)
-        f, target = feats[index].to(dev), x[index].to(dev)
+        f, target = to_device(feats[index]), to_device(x[index])
         if adversaries:
             with torch.no_grad():  # the adversaries' step: invert P as it is now
                 z = protector(f)
