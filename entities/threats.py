@@ -72,7 +72,7 @@ ATTACKS: dict[str, AttackEntry] = {
         "pool",
         frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"}),
         "an insider inverts its own DPM (plus K-1 surrogates) trained on its own images",
-        opt.InsiderOptions,
+        opt.SurrogateOptions,
     ),
     "protection-holder": AttackEntry(
         "pool",
