@@ -92,8 +92,9 @@ def suspect_warnings(runs: list[Run]) -> list[str]:
             more = f" and {len(r.suspect) - 10} more" if len(r.suspect) > 10 else ""
             out.append(
                 f"{r.path.name}: {len(r.suspect)} recorded values are not finite numbers of a measure's "
-                f"size (NaN, inf, or beyond {MAX_MAGNITUDE:g}): {'; '.join(r.suspect[:10])}{more}. The cells, "
-                "means and differences computed from them are not measures (a sum of them can show as inf)."
+                f"size (NaN, inf, or beyond {MAX_MAGNITUDE:g}): {'; '.join(r.suspect[:10])}{more}. The "
+                "cells, means and differences computed from them are not measures (a sum of them can show "
+                "as inf)."
             )
     return out
 
