@@ -37,7 +37,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return EXIT_INVALID
     # a scenario may be written for another machine: what this one could not do is a warning here
-    for line in work_warnings(scenario) + check_devices(scenario, cluster=True, gpus=False):
+    here = check_devices(scenario, cluster=True, gpus=False, because="`veil run` refuses it on this machine")
+    for line in work_warnings(scenario) + here:
         print(f"warning: {line}", file=sys.stderr)
     print(scenario.resolved_yaml(), end="")
     return 0

@@ -143,15 +143,20 @@ def work_warnings(scenario: Scenario) -> list[str]:
 
 
 def check_devices(
-    scenario: Scenario, *, cluster: bool = False, engine: str = "flower", gpus: bool = True
+    scenario: Scenario,
+    *,
+    cluster: bool = False,
+    engine: str = "flower",
+    gpus: bool = True,
+    because: str = "the cluster at --ray-address may have them",
 ) -> list[str]:
     """Raise ScenarioError when the scenario asks for resources this machine does not have and no cluster
     (`--ray-address`, `cluster`) may supply them: more CPUs per node than this process may use (Ray would
     never place the node: the run would wait forever), or a GPU share where there is no CUDA device,
     unless the scenario allows the CPU (`resources.cpu_fallback`: a paper-scale run would otherwise train
     for days on the CPU without a word). Where a cluster may supply them, the same findings are returned as
-    warnings. The inline engine runs every party in this process: it asks Ray for nothing. Loads torch
-    only when a GPU is asked for (and `gpus`: `veil validate` leaves it out)."""
+    warnings, each ending in (`because`). The inline engine runs every party in this process: it asks Ray
+    for nothing. Loads torch only when a GPU is asked for (and `gpus`: `veil validate` leaves it out)."""
     found: list[Problem] = []
     cpus = machine_cpus()
     if engine == "flower" and scenario.resources.num_cpus > cpus:
@@ -176,4 +181,4 @@ def check_devices(
             )
     if found and not cluster:
         raise ScenarioError(scenario.name, found)
-    return [f"{p} (the cluster at --ray-address may have them)" for p in found]
+    return [f"{p} ({because})" for p in found]
