@@ -922,7 +922,9 @@ def test_relay_files_for_sealed_keys_are_0600_under_umask_000(tmp_path: Path) ->
 # --- the count --------------------------------------------------------------------------------------------
 
 HOSTILE_INPUTS = {
-    "not a regular file": 3 + len(NOT_REGULAR_COMMANDS) * 2 + 4 * 2 - 1,
+    # read_regular: FIFO, directory, device, and a FIFO through load_file; a FIFO scenario to each command,
+    # and a device; a FIFO for four files of a run or sweep, to report (4) and resume (3)
+    "not a regular file": 4 + len(NOT_REGULAR_COMMANDS) + 1 + 4 + 3,
     "attack options": len(BAD_OPTIONS) + 2,
     "an insider's victims": len(VICTIMS),
     "resources beyond the machine": len(CPUS) * 2 + 1 + 4,
