@@ -70,6 +70,7 @@ def check_comparable(sweep: Sweep, vary: list[str] | None = None) -> None:
     """Raise NotComparable naming every differing field (seed and the varied fields ignored)."""
     if not sweep.runs:
         raise NotComparable([], "no runs to compare")
+    check_distinct(sweep.runs)
     fields = differing_fields(sweep.runs, ignored_fields(sweep, vary))
     if fields:
         lines = []
@@ -97,6 +98,21 @@ def suspect_warnings(runs: list[Run]) -> list[str]:
                 "as inf)."
             )
     return out
+
+
+def check_distinct(runs: list[Run]) -> None:
+    """NotComparable when one run directory is given twice (by two paths, a link, or a sweep and one of
+    its own runs): it would count as two seeds."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        real = run.path.resolve()
+        if real in seen:
+            raise NotComparable(
+                [],
+                f"{run.path} and {seen[real]} are the same run directory ({real}); each run counts once: "
+                "give each run (or sweep) once",
+            )
+        seen[real] = run.path
 
 
 def environment_warnings(runs: list[Run]) -> list[str]:

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from entities.files import read_regular
 from reports.formats import manifest_problems
@@ -382,7 +381,6 @@ def _compare(args: argparse.Namespace) -> int:
 
     try:
         sweep = load_many(args.runs)
-        check_distinct(sweep.runs)
         check_comparable(sweep, args.vary)
         out = Path(args.out) if args.out else None
         if out is None and parameter(sweep, args.vary) is not None:
@@ -395,23 +393,6 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"veil compare: {err.filename or ''}: {err.strerror}", file=sys.stderr)
         return EXIT_INVALID
     return 0
-
-
-def check_distinct(runs: list[Any]) -> None:
-    """NotComparable when one run directory is given twice (by two paths, a link, or a sweep and one of
-    its runs): it would count as two seeds."""
-    from reports.compare import NotComparable
-
-    seen: dict[Path, Path] = {}
-    for run in runs:
-        real = run.path.resolve()
-        if real in seen:
-            raise NotComparable(
-                [],
-                f"{run.path} and {seen[real]} are the same run directory ({real}); each run counts once: "
-                "give each run (or sweep) once",
-            )
-        seen[real] = run.path
 
 
 def _attacks(args: argparse.Namespace) -> int:
