@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -51,3 +53,39 @@ def write_atomic(path: Path, data: bytes | str, *, private: bool = False) -> Pat
         raise
     fsync_dir(path.parent)
     return path
+
+
+class NotRegular(OSError):
+    """A path that is not a regular file (a FIFO, a device, a socket, a directory): never read."""
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file `path` (at most `limit` + 1 of them, so a caller can tell a file that
+    is too large); NotRegular for anything else, refused on its stat before it is opened: reading a FIFO
+    nobody writes to would wait forever. Opened non-blocking and checked again on the open descriptor, so a
+    file swapped for a FIFO in between is refused too. Other OSErrors (missing, unreadable, a name too long)
+    come through as they are."""
+    path = Path(path)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise NotRegular(errno.EINVAL, f"is not a regular file ({_kind(os.stat(path).st_mode)})", str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegular(errno.EINVAL, f"is not a regular file ({_kind(mode)})", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read() if limit is None else fh.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")

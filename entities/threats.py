@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from entities import attack_options as opt
+from entities.strict import Strict
+
 # What an attacker may know (the words attacks name in `needs`).
 KNOWLEDGE_WORDS = (
     "pool",  # pooled (poisoned) features and labels, per victim
@@ -43,6 +46,7 @@ class AttackEntry:
     target: str  # "pool" (Deep Poisoning's shared features) or "codes" (the ambiguated codes)
     needs: frozenset[str]
     summary: str
+    options: type[Strict] = opt.NoOptions  # its options, typed with their ranges (entities.attack_options)
 
 
 _CODES = frozenset({"codes", "public_network"})
@@ -56,39 +60,50 @@ ATTACKS: dict[str, AttackEntry] = {
         "pool",
         frozenset({"pool", "shared_nets", "public_images", "recipe"}),
         "section 4.2.2's reconstructor shapes trained on original public features",
+        opt.ReconstructorFamilyOptions,
     ),
     "surrogate-dpm": AttackEntry(
         "pool",
         frozenset({"pool", "shared_nets", "public_images", "recipe"}),
         "train surrogate DPMs with the published recipe on D_q, invert their poisoned features",
+        opt.SurrogateOptions,
     ),
     "surrogate-dpm-insider": AttackEntry(
         "pool",
         frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"}),
         "an insider inverts its own DPM (plus K-1 surrogates) trained on its own images",
+        opt.SurrogateOptions,
     ),
     "protection-holder": AttackEntry(
         "pool",
         frozenset({"pool", "shared_nets", "own_images", "own_dpm", "recipe"}),
         "a holder of a protector (an insider: its own DPM, or the shared obfuscator) inverts it with a "
         "decoder trained on its own images through it",
+        opt.InsiderOptions,
     ),
     "feature-alignment": AttackEntry(
         "pool",
         frozenset({"pool", "shared_nets", "public_images"}),
         "FORA-style: map F(D_q) onto the pool's distribution (MMD + C's labels), invert through it",
+        opt.FeatureAlignmentOptions,
     ),
     "known-pairs": AttackEntry(
         "pool",
         frozenset({"pool", "known_pairs"}),
         "a decoder trained on N known (image, pooled feature) pairs of the victim",
+        opt.KnownPairsOptions,
     ),
     "decode-as-published": AttackEntry(
         "codes", _CODES, "decode the published codes with all k' non-zeros, fakes included"
     ),
-    "random-guess": AttackEntry("codes", _CODES, "k of each map's k' non-zeros chosen at random"),
+    "random-guess": AttackEntry(
+        "codes", _CODES, "k of each map's k' non-zeros chosen at random", opt.SeedOnly
+    ),
     "magnitude": AttackEntry(
-        "codes", _CODES, "the k smallest (and, as a variant, the k largest) magnitudes of each map"
+        "codes",
+        _CODES,
+        "the k smallest (and, as a variant, the k largest) magnitudes of each map",
+        opt.MagnitudeOptions,
     ),
     "usage-prior": AttackEntry(
         "codes",
@@ -99,10 +114,12 @@ ATTACKS: dict[str, AttackEntry] = {
         "codes",
         _CODES | {"public_images"},
         "an MLP of true vs fake non-zeros, trained on D_q codes the attacker ambiguates itself",
+        opt.SupportDetectorOptions,
     ),
     "support-detector-curious": AttackEntry(
         "codes",
         _CODES | {"public_images", "own_keys"},
         "support-detector also trained on the curious user's own keys",
+        opt.CuriousSupportDetectorOptions,
     ),
 }

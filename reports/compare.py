@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from reports.formats import MAX_MAGNITUDE
 from reports.paper import CLAIMS, PAPER_TABLE5, Claim, scenario_to_paper_rows
 from reports.runs import CELL, Run, Sweep, dotted, field_value
 
@@ -69,6 +70,7 @@ def check_comparable(sweep: Sweep, vary: list[str] | None = None) -> None:
     """Raise NotComparable naming every differing field (seed and the varied fields ignored)."""
     if not sweep.runs:
         raise NotComparable([], "no runs to compare")
+    check_distinct(sweep.runs)
     fields = differing_fields(sweep.runs, ignored_fields(sweep, vary))
     if fields:
         lines = []
@@ -80,6 +82,37 @@ def check_comparable(sweep: Sweep, vary: list[str] | None = None) -> None:
             "these runs cannot be compared: their resolved scenarios differ in "
             f"{', '.join(fields)} (not only in the seed)\n" + "\n".join(lines),
         )
+
+
+def suspect_warnings(runs: list[Run]) -> list[str]:
+    """One line per run holding values that are not finite, or too large to be a measure (NaN, inf,
+    1e308: their sums and means overflow to inf), each such record named with its value as stored."""
+    out = []
+    for r in runs:
+        if r.suspect:
+            more = f" and {len(r.suspect) - 10} more" if len(r.suspect) > 10 else ""
+            out.append(
+                f"{r.path.name}: {len(r.suspect)} recorded values are not finite numbers of a measure's "
+                f"size (NaN, inf, or beyond {MAX_MAGNITUDE:g}): {'; '.join(r.suspect[:10])}{more}. The "
+                "cells, means and differences computed from them are not measures (a sum of them can show "
+                "as inf)."
+            )
+    return out
+
+
+def check_distinct(runs: list[Run]) -> None:
+    """NotComparable when one run directory is given twice (by two paths, a link, or a sweep and one of
+    its own runs): it would count as two seeds."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        real = run.path.resolve()
+        if real in seen:
+            raise NotComparable(
+                [],
+                f"{run.path} and {seen[real]} are the same run directory ({real}); each run counts once: "
+                "give each run (or sweep) once",
+            )
+        seen[real] = run.path
 
 
 def environment_warnings(runs: list[Run]) -> list[str]:
@@ -334,7 +367,8 @@ def render_text(sweep: Sweep, vary: list[str] | None = None, out: Path | None = 
     seeds = ", ".join(str(r.seed) for r in runs)
     count = f"{len(runs)} runs (seeds {seeds})" if len(runs) > 1 else f"one run (seed {seeds})"
     lines = [f"# {runs[0].name}: {count}"]
-    lines += [f"warning: {w}" for w in environment_warnings(runs)]
+    lines += [f"warning: {w}" for w in suspect_warnings(runs) + environment_warnings(runs)]
+    spread = ["sd", "ci_low", "ci_high"] if len(runs) > 1 else []  # one run: a value, no interval
     param = parameter(sweep, vary)
     if param is None:
         table = cells(runs)
@@ -344,13 +378,18 @@ def render_text(sweep: Sweep, vary: list[str] | None = None, out: Path | None = 
             if len(runs) > 1
             else "\nOne run: each cell is its value (no SD, no interval; --seeds 0-4 gives them)"
         )
-        shown = table[[*CELL, "n", "mean", "sd", "ci_low", "ci_high"]].copy()
+        shown = table[[*CELL, "n", "mean", *spread]].copy()
+        if not spread:
+            shown = shown.drop(columns=["n"]).rename(columns={"mean": "value"})
         shown["row"] = shown["row"].astype(object).where(shown["row"].notna(), "")
         lines.append(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         for metric in ("top1", "top5"):
             diffs = paired_differences(runs, metric)
             if diffs:
                 frame = differences_frame(diffs).drop(columns=["metric", "what"])
+                if not spread:
+                    frame = frame.drop(columns=["n", "sd", "ci_low", "ci_high"])
+                    frame = frame.rename(columns={"mean": "value"})
                 lines.append(
                     f"\nTable 5 paired differences ({metric}, points), paper rows; 'our rows' are this "
                     "scenario's row numbers"

@@ -674,7 +674,7 @@ def section_parameter(sweep: Sweep, out: Path) -> Section | None:
 
 
 def warnings(sweep: Sweep, diffs: list[compare.Difference]) -> list[str]:
-    out = list(compare.environment_warnings(sweep.runs))
+    out = compare.suspect_warnings(sweep.runs) + compare.environment_warnings(sweep.runs)
     n = len(sweep.runs)
     bad_dpm: dict[str, list[str]] = {}
     for r in sweep.runs:

@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from reports.formats import is_plausible, manifest_problems, record_problem, sweep_problems
+
 RECORD_FIELDS = ("table", "row", "label", "entity", "metric", "value")
 CELL = ["table", "row", "label", "entity", "metric"]  # what identifies a cell of a table
 RUN_FILES = "scenario.yaml, manifest.json and results/*.jsonl"
@@ -38,6 +40,7 @@ class Run:
     scenario: dict[str, Any]
     manifest: dict[str, Any]
     records: pd.DataFrame  # columns RECORD_FIELDS (row: nullable Int64; value: float)
+    suspect: tuple[str, ...] = ()  # records whose value is not finite or not of a measure's size
 
     @property
     def name(self) -> str:
@@ -61,17 +64,39 @@ def is_run_dir(path: Path) -> bool:
     return (path / "scenario.yaml").is_file() or (path / "manifest.json").is_file()
 
 
+MAX_FILE_BYTES = 1 << 26  # a manifest, a sweep.json or a scenario is a few KB; one results file a few MB
+
+
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; expected {what}")
     return path
 
 
+def _text(path: Path, what: str) -> str:
+    """A stored file's text: a regular file (a FIFO is refused on its stat, never opened), of a bounded
+    size, UTF-8; RunFormatError naming it otherwise."""
+    _need(path, what)
+    if not path.is_file():
+        raise RunFormatError(f"{path}: not a regular file; expected {what}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise RunFormatError(f"{path}: {size} bytes; expected {what} of at most {MAX_FILE_BYTES}")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RunFormatError(f"{path}: byte {err.start} is not UTF-8; expected {what}") from None
+    except OSError as err:
+        raise RunFormatError(f"{path}: cannot read ({err.strerror}); expected {what}") from None
+
+
 def _json(path: Path, what: str) -> Any:
     try:
-        return json.loads(_need(path, what).read_text())
+        return json.loads(_text(path, what))
     except json.JSONDecodeError as err:
         raise RunFormatError(f"{path}: not JSON ({err}); expected {what}") from None
+    except RecursionError:
+        raise RunFormatError(f"{path}: nested too deep; expected {what}") from None
 
 
 def read_records(run_dir: Path) -> pd.DataFrame:
@@ -80,17 +105,21 @@ def read_records(run_dir: Path) -> pd.DataFrame:
     _need(results, "a results/ directory of *.jsonl record files (the run has not started?)")
     rows: list[dict[str, Any]] = []
     for path in sorted(results.glob("*.jsonl")):
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        text = _text(path, "result records, one JSON object a line")
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, RecursionError) as err:
                 raise RunFormatError(f"{path}:{n}: not JSON ({err})") from None
+            problem = record_problem(rec)
+            if problem is not None:
+                raise RunFormatError(f"{path}:{n}: {problem}")
             if "entity" not in rec and "party" in rec:  # the records' newer name for it
                 rec["entity"] = rec.pop("party")
             missing = [f for f in RECORD_FIELDS if f not in rec]
-            if missing or not isinstance(rec, dict):
+            if missing:
                 raise RunFormatError(
                     f"{path}:{n}: a record needs the fields {', '.join(RECORD_FIELDS)}; missing {missing}"
                 )
@@ -110,15 +139,34 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such directory; expected a run directory ({RUN_FILES})")
-    scenario_path = _need(path / "scenario.yaml", "the resolved scenario of a run directory")
+    scenario_path = path / "scenario.yaml"
+    text = _text(scenario_path, "the resolved scenario of a run directory")
     try:
-        scenario = yaml.safe_load(scenario_path.read_text())
+        scenario = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise RunFormatError(f"{scenario_path}: not YAML ({err})") from None
     if not isinstance(scenario, dict):
         raise RunFormatError(f"{scenario_path}: expected a mapping (the resolved scenario)")
-    manifest = _json(path / "manifest.json", "the run's manifest (seed, versions, hardware, stages)")
-    return Run(path=path, scenario=scenario, manifest=manifest, records=read_records(path))
+    manifest_path = path / "manifest.json"
+    manifest = _json(manifest_path, "the run's manifest (seed, versions, hardware, stages)")
+    problems = manifest_problems(manifest)
+    if problems:
+        raise RunFormatError(
+            f"{manifest_path}: {'; '.join(problems[:3])}; expected the manifest `veil run` writes"
+        )
+    records = read_records(path)
+    return Run(path=path, scenario=scenario, manifest=manifest, records=records, suspect=_suspect(records))
+
+
+def _suspect(records: pd.DataFrame) -> tuple[str, ...]:
+    """Each record whose value is not finite (NaN, inf, null), or too large to be a measure
+    (formats.MAX_MAGNITUDE): what the report warns about, naming the record and its value as stored."""
+    out = []
+    for r in records.itertuples():
+        if not is_plausible(r.value):
+            row = "" if r.row is pd.NA else f" row {r.row}"
+            out.append(f"{r.table}{row} {r.label!r} {r.entity} {r.metric} = {r.value!r}")
+    return tuple(out)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -131,14 +179,20 @@ def load_sweep(path: str | Path) -> Sweep:
     if is_run_dir(path):
         return Sweep(path=path, runs=[load_run(path)])
     spec_path = path / "sweep.json"
-    if spec_path.is_file():
+    if spec_path.exists():
         spec = _json(spec_path, 'a sweep: {"scenario", "runs", "varied"}')
-        names = spec.get("runs")
-        if not isinstance(names, list) or not names:
-            raise RunFormatError(f"{spec_path}: 'runs' must list the sweep's run directories")
-        varied = spec.get("varied") or {}
-        if not isinstance(varied, dict):
-            raise RunFormatError(f"{spec_path}: 'varied' must map a scenario field to its values")
+        problems = sweep_problems(spec)
+        if problems:
+            raise RunFormatError(
+                f"{spec_path}: {'; '.join(problems[:3])}; expected "
+                '{"scenario": NAME, "runs": [run directory names], "varied": {field: [one value per run]}}'
+            )
+        names, varied = spec["runs"], spec.get("varied") or {}
+        for name in names:
+            if not is_run_dir(path / name):
+                raise RunFormatError(
+                    f"{spec_path}: lists run {name!r}, but {path / name} is not a run directory ({RUN_FILES})"
+                )
         return Sweep(path=path, runs=[load_run(path / str(n)) for n in names], varied=dict(varied))
     children = sorted(p for p in path.iterdir() if p.is_dir() and is_run_dir(p))
     if not children:

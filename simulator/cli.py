@@ -7,10 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from simulator.preflight import check_dataset, check_devices, check_scenario_unchanged, check_writable
+from entities.files import read_regular
+from reports.formats import manifest_problems
+from simulator.preflight import (
+    check_dataset,
+    check_devices,
+    check_scenario_unchanged,
+    check_writable,
+    work_warnings,
+)
+from simulator.rundir import RUN_ORDER
 from simulator.schema import Problem, ScenarioError, load_scenario
 
 EXIT_INVALID = 2
+MAX_MANIFEST_BYTES = 1 << 24
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -25,6 +35,10 @@ def _validate(args: argparse.Namespace) -> int:
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
+    # a scenario may be written for another machine: what this one could not do is a warning here
+    here = check_devices(scenario, cluster=True, gpus=False, because="`veil run` refuses it on this machine")
+    for line in work_warnings(scenario) + here:
+        print(f"warning: {line}", file=sys.stderr)
     print(scenario.resolved_yaml(), end="")
     return 0
 
@@ -35,13 +49,19 @@ def check_resumable(root: Path) -> None:
     Reads only: nothing is written, locked or repaired before the run directory is known to be one.
     """
     where = str(root)
-    if not root.exists():
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as err:  # a name too long for the file system, say
+        raise ScenarioError(
+            where, [Problem("(directory)", f"{err.strerror}; expected a run directory")]
+        ) from None
+    if not exists:
         raise ScenarioError(where, [Problem("(directory)", "does not exist; expected a run directory")])
-    if not root.is_dir():
+    if not is_dir:
         raise ScenarioError(where, [Problem("(directory)", "is a file; expected a run directory")])
     manifest = root / "manifest.json"
     try:
-        data = json.loads(manifest.read_bytes())
+        data = json.loads(read_regular(manifest, MAX_MANIFEST_BYTES))
     except FileNotFoundError:
         problem = Problem(
             "manifest.json", "missing; expected the manifest `veil run` writes (not a run directory?)"
@@ -64,15 +84,44 @@ def check_resumable(root: Path) -> None:
             "manifest.json", "expected a JSON object with a 'stages' mapping, as `veil run` writes"
         )
         raise ScenarioError(where, [problem])
+    problems = [
+        Problem(f"manifest.json: {line.partition(': ')[0]}", line.partition(": ")[2])
+        for line in manifest_problems(data)
+    ]
+    known = stage_names()
+    for name in data["stages"]:
+        if name not in known:
+            problems.append(
+                Problem(
+                    f"manifest.json: stages.{name:.60}", f"no such stage; expected one of {', '.join(known)}"
+                )
+            )
+    if problems:
+        raise ScenarioError(where, problems)
     load_scenario(root / "scenario.yaml")  # its own ScenarioError names the file
+
+
+def stage_names() -> list[str]:
+    """The names of the stages a run has: simulator.rundir.RUN_ORDER, and where plugins (VEIL_PLUGINS) or
+    this process registered more, theirs (that needs torch: only then are the stages imported)."""
+    import os
+
+    if "simulator.stages" not in sys.modules and not os.environ.get("VEIL_PLUGINS"):
+        return list(RUN_ORDER)
+    from simulator.stages import stage_order
+
+    return [stage.name for stage in stage_order()]
 
 
 def _wants_sweep(args: argparse.Namespace) -> bool:
     from simulator.sweep import is_list_value, is_sweep
 
     if args.resume:
-        return is_sweep(Path(args.resume)) or bool(args.seeds)
-    return bool(args.seeds) or any(is_list_value(item.partition("=")[2]) for item in args.set)
+        try:
+            return is_sweep(Path(args.resume)) or args.seeds is not None
+        except OSError:  # a name too long: check_resumable says so
+            return args.seeds is not None
+    return args.seeds is not None or any(is_list_value(item.partition("=")[2]) for item in args.set)
 
 
 def _write_report(args: argparse.Namespace, path: Path) -> int:
@@ -84,36 +133,57 @@ def _write_report(args: argparse.Namespace, path: Path) -> int:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     """Several runs (--seeds, a list-valued --set) under one sweep directory; or --resume of a sweep."""
-    from simulator.sweep import SweepInvalid, create_sweep, parse_seeds, plan_sweep
+    from simulator.sweep import SweepInvalid, check_sweep, create_sweep, parse_seeds, plan_sweep
 
+    cluster = args.ray_address is not None
     try:  # every run's scenario validated before anything is written
         if args.resume:
-            if args.set or args.seeds:
+            if args.set or args.seeds is not None:
                 print("veil run: a resumed sweep keeps its runs; drop --set and --seeds", file=sys.stderr)
                 return EXIT_INVALID
             root = Path(args.resume)
+            for run_dir in check_sweep(root):  # sweep.json, and each run it lists, before anything runs
+                check_resumable(run_dir)
+                check_scenario_unchanged(run_dir)
+                _warn(
+                    check_devices(
+                        load_scenario(run_dir / "scenario.yaml"), cluster=cluster, engine=args.engine
+                    )
+                )
+            check_writable(root, "--resume")
         else:
             if not args.file:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
-            plan = plan_sweep(args.file, args.set, parse_seeds(args.seeds) if args.seeds else None)
+            plan = plan_sweep(
+                args.file, args.set, parse_seeds(args.seeds) if args.seeds is not None else None
+            )
             checked: set[str] = set()
             for planned in plan.runs:  # each distinct dataset once: a sweep over seeds reads one
                 key = planned.scenario.dataset.model_dump_json() + str(planned.scenario.task_seed)
-                check_devices(planned.scenario)
+                _warn(check_devices(planned.scenario, cluster=cluster, engine=args.engine))
                 if key not in checked:
                     check_dataset(planned.scenario)
                     checked.add(key)
-            out = Path(args.out)
-            if out.exists() and not out.is_dir():
-                raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
+            _warn(work_warnings(plan.runs[0].scenario))
+            out = _out_dir(args.out)
+            check_writable(out, "--out")
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
     except SweepInvalid as err:
         print(f"veil run: no run started, nothing written:\n{err}", file=sys.stderr)
         return EXIT_INVALID
-    if not args.resume:
+    if args.resume:
+        from simulator.rundir import RunDamaged, verify_stored
+
+        try:
+            for run_dir in check_sweep(root):
+                verify_stored(run_dir)
+        except RunDamaged as err:
+            print(f"veil run failed: {err}", file=sys.stderr)
+            return 1
+    else:
         root = create_sweep(plan, out)
         print(f"sweep directory: {root} ({len(plan.runs)} runs)", file=sys.stderr)
 
@@ -129,6 +199,25 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print(f"veil run --resume {root} completes the sweep", file=sys.stderr)
         return 1
     return _write_report(args, root)
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _out_dir(text: str) -> Path:
+    """--out as a directory path: refused when it is a file or its name cannot be one."""
+    out = Path(text)
+    try:
+        is_file = out.exists() and not out.is_dir()
+    except OSError as err:
+        raise ScenarioError(
+            str(out), [Problem("--out", f"{err.strerror}; expected a directory for runs")]
+        ) from None
+    if is_file:
+        raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
+    return out
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -170,30 +259,38 @@ def _run(args: argparse.Namespace) -> int:
                 "veil run: --set cannot change a resumed run; it keeps its resolved scenario", file=sys.stderr
             )
             return EXIT_INVALID
+        cluster = args.ray_address is not None
         if args.resume:
             check_resumable(Path(args.resume))
             check_scenario_unchanged(Path(args.resume))
-            check_devices(load_scenario(Path(args.resume) / "scenario.yaml"))
+            _warn(
+                check_devices(
+                    load_scenario(Path(args.resume) / "scenario.yaml"), cluster=cluster, engine=args.engine
+                )
+            )
             check_writable(Path(args.resume), "--resume")
         else:
             if not args.file:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
             scenario = load_scenario(args.file, args.set)
-            check_devices(scenario)
+            _warn(check_devices(scenario, cluster=cluster, engine=args.engine) + work_warnings(scenario))
             check_dataset(scenario)
-            out = Path(args.out)
-            if out.exists() and not out.is_dir():
-                raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
+            out = _out_dir(args.out)
             check_writable(out, "--out")
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
 
-    from simulator.rundir import RunDamaged, RunLock, RunLocked
+    from simulator.rundir import RunDamaged, RunLock, RunLocked, verify_stored
 
     lock = None
     if args.resume:
+        try:  # what the finished stages left, against the manifest's digests, before any stage reads it
+            verify_stored(Path(args.resume))
+        except RunDamaged as err:
+            print(f"veil run failed: {err}", file=sys.stderr)
+            return 1
         try:  # one writer per run directory: taken before anything of it is completed
             lock = RunLock(Path(args.resume))
         except RunLocked as err:
@@ -233,21 +330,46 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """Write report/ inside a run or sweep directory (reads files only: no torch, no simulation)."""
-    from reports.compare import NotComparable, check_comparable
+    from reports.compare import NotComparable, check_comparable, suspect_warnings
     from reports.report import write_report
     from reports.runs import RunFormatError, load_sweep
     from reports.tables import render_report
+    from simulator.rundir import RunDamaged, verify_stored
 
     path = Path(args.run_dir)
     try:
         sweep = load_sweep(path)
         check_comparable(sweep)
-        if len(sweep.runs) == 1 and not args.quiet:
-            print(render_report(sweep.runs[0].path, plot_dir=path / "report"))
-        index = write_report(sweep, path / "report")
     except (FileNotFoundError, RunFormatError, NotComparable) as err:
         print(f"veil report: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except OSError as err:  # a name too long for the file system, a directory it may not read
+        print(f"veil report: {path}: {err.strerror}; expected a run or sweep directory", file=sys.stderr)
+        return EXIT_INVALID
+    try:  # what the runs stored, against their manifests' digests, before anything is computed from it
+        for run in sweep.runs:
+            verify_stored(run.path)
+    except RunDamaged as err:
+        print(f"veil report: {err}", file=sys.stderr)
+        return 1
+    out = path / "report"
+    try:
+        if out.exists() and not out.is_dir():
+            raise ScenarioError(
+                str(out), [Problem("report", "is a file; expected a directory for the report")]
+            )
+        check_writable(out, "report", free_space=False)
+    except ScenarioError as err:
+        print(f"veil report: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    _warn(suspect_warnings(sweep.runs))
+    try:
+        if len(sweep.runs) == 1 and not args.quiet:
+            print(render_report(sweep.runs[0].path, plot_dir=out))
+        index = write_report(sweep, out)
+    except OSError as err:  # the disk filled up while writing, say
+        print(f"veil report: cannot write {err.filename or out}: {err.strerror}", file=sys.stderr)
+        return 1
     print(f"report: {index}")
     return 0
 
@@ -266,6 +388,9 @@ def _compare(args: argparse.Namespace) -> int:
         print(render_text(sweep, args.vary, out))
     except (FileNotFoundError, RunFormatError, NotComparable) as err:
         print(f"veil compare: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as err:  # a name too long for the file system, a directory it may not read or write
+        print(f"veil compare: {err.filename or ''}: {err.strerror}", file=sys.stderr)
         return EXIT_INVALID
     return 0
 

@@ -19,6 +19,7 @@ of a batch from the maps (entities.rows), so the pool can exceed memory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -234,7 +235,12 @@ class Pool:
 
     @contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a read-only run (`veil report` on an archive): a reader locks it read-only
+            if exclusive or err.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield

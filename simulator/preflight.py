@@ -4,6 +4,7 @@ started with. No torch, no flwr."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,35 +14,46 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from entities.datasets import DatasetError, TaskData, kind_of
-from simulator.schema import Problem, Scenario, ScenarioError, too_few_images
+from simulator.schema import Problem, Scenario, ScenarioError, too_few_images, training_steps
 
 MIN_FREE_MB = 200  # below this much free space (VEIL_MIN_FREE_MB) a run does not start
 
 
-def check_writable(where: Path, option: str) -> None:
-    """Raise ScenarioError when `where` cannot take a run's files: not writable, or its file system nearly
-    full. Creates `where` when it is missing; leaves nothing else behind."""
+def check_writable(where: Path, option: str, *, free_space: bool = True) -> None:
+    """Raise ScenarioError when `where` cannot take a run's files: not writable, or (free_space) its file
+    system nearly full. Creates `where` when it is missing, and removes what it created when it refuses: a
+    refused run leaves nothing behind."""
+    created: list[Path] = []
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".veil-probe-", dir=where)
         try:
-            os.write(fd, b"veil")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        raise ScenarioError(
-            str(where), [Problem(option, f"cannot write here: {err.strerror or err}")]
-        ) from None
-    need = float(os.environ.get("VEIL_MIN_FREE_MB", MIN_FREE_MB))
-    free = shutil.disk_usage(where).free / 2**20
-    if free < need:
-        problem = Problem(
-            option,
-            f"only {free:.0f} MiB free on its file system; a run needs {need:g} MiB (VEIL_MIN_FREE_MB)",
-        )
-        raise ScenarioError(str(where), [problem])
+            missing = [p for p in (where, *where.parents) if not p.exists()]
+            for path in reversed(missing):
+                path.mkdir()
+                created.append(path)
+            fd, probe = tempfile.mkstemp(prefix=".veil-probe-", dir=where)
+            try:
+                os.write(fd, b"veil")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as err:
+            raise ScenarioError(
+                str(where), [Problem(option, f"cannot write here: {err.strerror or err}")]
+            ) from None
+        need = float(os.environ.get("VEIL_MIN_FREE_MB", MIN_FREE_MB))
+        free = shutil.disk_usage(where).free / 2**20
+        if free_space and free < need:
+            problem = Problem(
+                option,
+                f"only {free:.0f} MiB free on its file system; a run needs {need:g} MiB (VEIL_MIN_FREE_MB)",
+            )
+            raise ScenarioError(str(where), [problem])
+    except ScenarioError:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
 
 
 def check_scenario_unchanged(root: Path) -> None:
@@ -107,18 +119,66 @@ def check_dataset(scenario: Scenario) -> TaskData:
     return data
 
 
-def check_devices(scenario: Scenario) -> None:
-    """Raise ScenarioError when the scenario asks for a GPU share and this machine has no CUDA device,
-    unless it allows the CPU (`resources.cpu_fallback`): a paper-scale run would otherwise train for days
-    on the CPU without a word. Loads torch only when a GPU is asked for."""
-    if scenario.resources.num_gpus <= 0 or scenario.resources.cpu_fallback:
-        return
-    import torch
+WORK_WARN_STEPS = 10**7  # optimizer steps of one training section: hours even on a GPU
 
-    if not torch.cuda.is_available():
-        problem = Problem(
-            "resources.num_gpus",
-            f"{scenario.resources.num_gpus:g} of a GPU per node, but this machine has no CUDA device; "
-            "expected 0 here, or resources.cpu_fallback: true to run on the CPU",
+
+def machine_cpus() -> int:
+    """The CPUs this process may use (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def work_warnings(scenario: Scenario) -> list[str]:
+    """A warning for each training section whose estimated steps (schema.training_steps) pass
+    WORK_WARN_STEPS: a run that would take days, said before it starts."""
+    data = scenario.model_dump(mode="json", by_alias=True)
+    return [
+        f"{where}: about {steps:.2g} optimizer steps (epochs x batches of the task's training set); "
+        f"more than {WORK_WARN_STEPS:.0e}, which takes hours even on a GPU and days on CPUs"
+        for where, steps in training_steps(data)
+        if steps > WORK_WARN_STEPS
+    ]
+
+
+def check_devices(
+    scenario: Scenario,
+    *,
+    cluster: bool = False,
+    engine: str = "flower",
+    gpus: bool = True,
+    because: str = "the cluster at --ray-address may have them",
+) -> list[str]:
+    """Raise ScenarioError when the scenario asks for resources this machine does not have and no cluster
+    (`--ray-address`, `cluster`) may supply them: more CPUs per node than this process may use (Ray would
+    never place the node: the run would wait forever), or a GPU share where there is no CUDA device,
+    unless the scenario allows the CPU (`resources.cpu_fallback`: a paper-scale run would otherwise train
+    for days on the CPU without a word). Where a cluster may supply them, the same findings are returned as
+    warnings, each ending in (`because`). The inline engine runs every party in this process: it asks Ray
+    for nothing. Loads torch only when a GPU is asked for (and `gpus`: `veil validate` leaves it out)."""
+    found: list[Problem] = []
+    cpus = machine_cpus()
+    if engine == "flower" and scenario.resources.num_cpus > cpus:
+        found.append(
+            Problem(
+                "resources.num_cpus",
+                f"{scenario.resources.num_cpus:g} CPUs per node, but this machine gives this process {cpus}; "
+                f"expected at most {cpus} here (Ray could never place a node), or --ray-address of a cluster "
+                "whose nodes have them",
+            )
         )
-        raise ScenarioError(scenario.name, [problem])
+    if gpus and scenario.resources.num_gpus > 0 and not scenario.resources.cpu_fallback:
+        import torch
+
+        if not torch.cuda.is_available():
+            found.append(
+                Problem(
+                    "resources.num_gpus",
+                    f"{scenario.resources.num_gpus:g} of a GPU per node, but this machine has no CUDA "
+                    "device; expected 0 here, or resources.cpu_fallback: true to run on the CPU",
+                )
+            )
+    if found and not cluster:
+        raise ScenarioError(scenario.name, found)
+    return [f"{p} ({because})" for p in found]

@@ -51,8 +51,86 @@ SCENARIO_DIGEST = "scenario.yaml"  # the manifest's digest key of the resolved s
 NETS_DIGEST = f"shared/{NETS_FILE}"
 
 
+# The stages of a run, in order (simulator.stages registers one module of each name; a plugin's stage runs
+# after these). Here, torch-free, so that a manifest naming a stage that does not exist is refused before
+# anything loads.
+RUN_ORDER = (
+    "prepare",
+    "pretrain",
+    "poison",
+    "refine",
+    "codes",
+    "access",
+    "leak",
+    "attack",
+    "score",
+    "fedavg",
+)
+
+
 class RunDamaged(RuntimeError):
     """A file a finished stage left behind is missing or differs from the digest the manifest recorded."""
+
+
+def verify_stored(root: Path) -> None:
+    """Raise RunDamaged naming the first file of a run that differs from the digest its manifest holds:
+    the resolved scenario, the shared nets and every pool shard (its file against the pool's manifest, and
+    its features and labels together against the digest the run's manifest recorded when its owner
+    published it). `veil report` and `--resume` call it before they compute anything; the parties' private
+    files are verified by their owners when they read them (simulator.views)."""
+    from simulator.pool import Pool, PoolError  # numpy, not torch
+
+    root = Path(root)
+    try:
+        manifest = json.loads((root / "manifest.json").read_bytes())
+    except (OSError, ValueError) as err:
+        raise RunDamaged(
+            f"{root / 'manifest.json'}: unreadable ({err}); expected the run's manifest"
+        ) from None
+    digests = manifest.get("digests") if isinstance(manifest, dict) else None
+    if not isinstance(digests, dict):
+        return  # a run from before digests were recorded, or one whose manifest was refused already
+    for where in (SCENARIO_DIGEST, NETS_DIGEST):
+        expected, path = digests.get(where), root / where
+        if expected is None:
+            continue
+        try:
+            actual = sha256_of(path.read_bytes())
+        except OSError as err:
+            raise RunDamaged(
+                f"{path}: {err.strerror}; the run's manifest records its sha256 {expected}"
+            ) from None
+        if actual != expected:
+            stage = "the run started" if where == SCENARIO_DIGEST else "stage 'pretrain' saved it"
+            raise RunDamaged(
+                f"{path}: altered since {stage} (sha256 {actual}, the manifest recorded {expected})"
+            )
+    recorded = {k.removeprefix("pool/"): v for k, v in digests.items() if k.startswith("pool/")}
+    if not recorded:
+        return
+    if not (root / "pool" / "manifest.json").is_file():
+        missing = ", ".join(sorted(recorded))
+        raise RunDamaged(
+            f"{root / 'pool' / 'manifest.json'}: missing; the run's manifest records shards {missing}"
+        )
+    pool = Pool(root / "pool")
+    try:
+        shards = {f"{e.owner}/{e.name}": e for e in pool.verify()}  # every shard file against its digest
+    except (PoolError, ValueError, OSError) as err:
+        raise RunDamaged(str(err)) from None
+    for name, expected in sorted(recorded.items()):
+        entry = shards.get(name)
+        if entry is None:
+            raise RunDamaged(
+                f"{pool.manifest_path}: lists no shard {name!r}, which the run's manifest recorded "
+                f"(sha256 {expected}); the pool lost it"
+            )
+        if entry.content_sha256 != expected:
+            raise RunDamaged(
+                f"shard {pool.root / entry.file} (owner {entry.owner!r}, name {entry.name!r}) is not what "
+                f"{entry.owner} published: its features and labels hash to {entry.content_sha256}, the run's "
+                f"manifest recorded {expected}"
+            )
 
 
 class RunLocked(RuntimeError):
@@ -402,7 +480,7 @@ class RunDir:
         return out
 
     def keep_sealed(self, recipient: str, what: str, ciphertext: bytes) -> None:
-        write_atomic(self.root / "relay" / f"{recipient}.{what}.sealed", ciphertext)
+        write_atomic(self.root / "relay" / f"{recipient}.{what}.sealed", ciphertext, private=True)
 
     def sealed(self, recipient: str, what: str) -> bytes:
         path = self.root / "relay" / f"{recipient}.{what}.sealed"

@@ -26,9 +26,10 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from entities import registry, threats
+from entities import attack_options, registry, threats
 from entities.datasets import DatasetSection
 from entities.datasets.photos import PhotosDataset
+from entities.files import NotRegular, read_regular
 from entities.protections import DPMSection, ProtectionSection
 from entities.strict import Boolean, Strict
 from simulator.yamlio import YamlRefused, decode, loads
@@ -432,6 +433,9 @@ class GPUSettings(Strict):
     pin_memory: bool = Field(True, description="copy batches to the GPU from pinned memory, asynchronously")
 
 
+MIN_STAGE_SECONDS: Final = 1.0
+
+
 class Resources(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU share of each simulated node")
     num_gpus: float = Field(0.0, ge=0, le=1, description="GPU share of each node (0 on a CPU machine)")
@@ -442,7 +446,12 @@ class Resources(Strict):
 
 
 class Timeouts(Strict):
-    stage_seconds: float = Field(3600, gt=0, description="how long the server waits for a stage's replies")
+    stage_seconds: float = Field(
+        3600,
+        ge=MIN_STAGE_SECONDS,
+        description="how long the server waits for a stage's replies (at least a second: starting a "
+        "stage's nodes alone takes that)",
+    )
 
 
 class Scenario(Strict):
@@ -710,6 +719,7 @@ def _semantic_problems(data: dict[str, Any]) -> list[Problem]:
         + _input_problems(data)
         + _adversary_problems(data)
         + _partition_problems(data)
+        + _work_problems(data)
     )
 
 
@@ -989,6 +999,68 @@ def _input_problems(data: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+MAX_TRAIN_STEPS: Final = 10**9  # optimizer steps of one training section: 500x an ImageNet run's
+
+
+def training_steps(data: dict[str, Any]) -> list[tuple[str, int]]:
+    """(section, estimated optimizer steps) of each training section: epochs x batches of the whole task
+    training set (a party trains on its share of it, so this bounds it from above), or min_steps when
+    more; with a dataset whose size is known only from its files, one batch an epoch. The estimate the
+    work bound (MAX_TRAIN_STEPS) and the work warning (simulator.preflight) are stated in."""
+    section = _valid_dataset(data.get("dataset", {}))
+    sizes = section.sizes() if section is not None else None
+    n = sizes["task_train"] if sizes is not None else 1
+    owner = data.get("data_owner")
+    recon = data.get("reconstructor")
+    fedavg = data.get("fedavg") if isinstance(data.get("fedavg"), dict) else None
+    places: list[tuple[str, Any]] = [
+        ("pretrain", data.get("pretrain")),
+        ("reconstructor.training", recon.get("training") if isinstance(recon, dict) else None),
+        ("dpm", data.get("dpm")),
+        ("refine", data.get("refine")),
+        ("data_owner.training", owner.get("training") if isinstance(owner, dict) else None),
+    ]
+    out = []
+    for where, raw in places:
+        epochs = _int(raw, "epochs")
+        if epochs is None or epochs < 1:
+            continue
+        batch = _int(raw, "batch_size") or 64
+        steps = epochs * max(1, -(-n // max(batch, 1)))
+        out.append((where, max(steps, _int(raw, "min_steps") or 0)))
+    if fedavg is not None:
+        rounds, local = _int(fedavg, "rounds"), _int(fedavg, "local_epochs")
+        if rounds is not None and local is not None and rounds > 0 and local > 0:
+            batch = _int(fedavg, "batch_size") or 64
+            out.append(("fedavg", rounds * local * max(1, -(-n // max(batch, 1)))))
+    return out
+
+
+def _work_problems(data: dict[str, Any]) -> list[Problem]:
+    """A training section that could not finish on any machine: more than MAX_TRAIN_STEPS steps."""
+    problems = []
+    for where, steps in training_steps(data):
+        if steps > MAX_TRAIN_STEPS:
+            field = "min_steps" if steps == _int(_at_path(data, where), "min_steps") else "epochs"
+            if where == "fedavg":
+                field = "rounds"
+            problems.append(
+                Problem(
+                    f"{where}.{field}",
+                    f"about {_count(steps)} optimizer steps; expected at most 10^9 (500 times an ImageNet "
+                    "training run: this one would not end)",
+                )
+            )
+    return problems
+
+
+def _at_path(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _adversary_problems(data: dict[str, Any]) -> list[Problem]:
     """Each adversary's attacks exist, its threat model gives it what they need, there is something to
     attack, `of` names a party of the right kind, and N known pairs are pairs its victims hold."""
@@ -1033,6 +1105,15 @@ def _adversary_problems(data: dict[str, Any]) -> list[Problem]:
                 problems.append(
                     Problem(f"{at}.victims[{j}]", f"{victim!r} is not an entity; expected one of {entities}")
                 )
+            elif adversary.knowledge == "insider" and victim == adversary.of:
+                others = [e for e in entities if e != victim]
+                problems.append(
+                    Problem(
+                        f"{at}.victims[{j}]",
+                        f"{victim!r} is the insider itself (`of`); it holds its own images, so it attacks "
+                        f"the other entities: expected one of {others}",
+                    )
+                )
         knows = threats.knowledge_of(adversary.knowledge, adversary.known_pairs)
         for j, spec in enumerate(adversary.attack_specs()):
             where = f"{at}.attacks[{j}]"
@@ -1041,6 +1122,8 @@ def _adversary_problems(data: dict[str, Any]) -> list[Problem]:
                 known = ", ".join(threats.ATTACKS)
                 problems.append(Problem(where, f"unknown attack {spec.name!r}; known attacks: {known}"))
                 continue
+            for key, message in attack_options.option_problems(spec.name, entry.options, spec.options):
+                problems.append(Problem(f"{where}.options.{key}", message))
             missing = sorted(entry.needs - knows)
             if missing:
                 why = f"an adversary with knowledge {adversary.knowledge!r}"
@@ -1130,10 +1213,10 @@ def load_scenario(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
     """Read and validate a scenario file, with `--set` overrides. The name defaults to the file's stem."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-    except IsADirectoryError:
-        problem = Problem("(file)", "is a directory; expected a scenario file")
+        raw = read_regular(path, MAX_FILE_BYTES)
+    except NotRegular as err:
+        what = "is a directory" if path.is_dir() else str(err.strerror)
+        problem = Problem("(file)", f"{what}; expected a scenario file")
         raise ScenarioError(str(path), [problem]) from None
     except OSError as err:
         raise ScenarioError(str(path), [Problem("(file)", f"cannot read: {err.strerror}")]) from None

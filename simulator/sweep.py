@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entities.files import write_atomic
+from entities.files import read_regular, write_atomic
+from reports.formats import sweep_problems
 from simulator.schema import Problem, Scenario, ScenarioError, load_scenario
 from simulator.yamlio import YamlRefused, loads
 
 SWEEP_FILE = "sweep.json"
 MAX_RUNS = 1000
+MAX_SWEEP_BYTES = 1 << 24
 _OPENERS = ("[", "{", "'", '"')
 
 
@@ -203,13 +205,37 @@ def create_sweep(plan: SweepPlan, out: Path) -> Path:
 
 
 def is_sweep(path: Path) -> bool:
-    return (path / SWEEP_FILE).is_file()
+    """Whether `path` holds a sweep.json (whatever it holds: check_sweep reads it)."""
+    return (path / SWEEP_FILE).exists()
+
+
+def check_sweep(root: Path) -> list[Path]:
+    """The run directories sweep.json lists, in its order; ScenarioError naming sweep.json when it is not
+    the file `veil run` writes (garbage, not a list of runs, a run that is not there). Reads only."""
+    path = root / SWEEP_FILE
+    try:
+        spec = json.loads(read_regular(path, MAX_SWEEP_BYTES))
+    except (OSError, ValueError, RecursionError) as err:
+        why = err.strerror if isinstance(err, OSError) else f"not valid JSON ({err})"
+        raise ScenarioError(
+            str(path), [Problem("(file)", f"{why}; expected the sweep.json `veil run` writes")]
+        ) from None
+    problems = [Problem(line.partition(": ")[0], line.partition(": ")[2]) for line in sweep_problems(spec)]
+    if problems:
+        raise ScenarioError(str(path), problems)
+    runs = [root / name for name in spec["runs"]]
+    for i, run in enumerate(runs):
+        if not run.is_dir():
+            what = "is not a directory" if run.exists() else "does not exist"
+            problems.append(Problem(f"runs[{i}]", f"{run} {what}; expected the run directory it names"))
+    if problems:
+        raise ScenarioError(str(path), problems)
+    return runs
 
 
 def sweep_runs(root: Path) -> list[Path]:
-    """The run directories of a sweep, in sweep.json's order."""
-    spec = json.loads((root / SWEEP_FILE).read_text())
-    return [root / str(name) for name in spec["runs"]]
+    """The run directories of a sweep, in sweep.json's order (check_sweep)."""
+    return check_sweep(root)
 
 
 def finished(run_dir: Path) -> bool:

@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import yaml
 
+from entities.files import NotRegular, read_regular
+
 MAX_BYTES: Final = 1 << 20  # a scenario is a few KB
 MAX_NODES: Final = 100_000  # scalars, lists and mappings after expanding every alias
 MAX_DEPTH: Final = 32  # a scenario nests 4 deep
@@ -194,8 +196,9 @@ def decode(data: bytes) -> str:
 def load_file(path: str | Path) -> Any:
     """Read, decode and load one YAML file; OSError for a file that cannot be read, YamlRefused otherwise."""
     path = Path(path)
-    if path.is_dir():
-        raise YamlRefused("(file)", "is a directory; expected a scenario file")
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_BYTES + 1)
+    try:
+        data = read_regular(path, MAX_BYTES)
+    except NotRegular as err:
+        what = "is a directory" if path.is_dir() else str(err.strerror)
+        raise YamlRefused("(file)", f"{what}; expected a scenario file") from None
     return loads(decode(data))

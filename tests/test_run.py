@@ -260,7 +260,8 @@ def test_corrupted_shard_refused(corrupt_resume: BrokenResume) -> None:
     assert resumed.rc == 1, resumed.output[-5000:]
     said = failure(resumed.output)
     shard_path = corrupt_resume.run_dir / "pool" / CORRUPT_SHARD
-    assert str(shard_path) in said and "corrupt" in said and "stage 'refine'" in said, said[:3000]
+    assert str(shard_path) in said and "corrupt" in said and "expected sha256" in said, said[:3000]
+    assert not list(corrupt_resume.run_dir.glob("results/refine-row*.jsonl"))  # refused before refine ran
 
     run = RunDir(corrupt_resume.run_dir)
     assert not run.stage_done("refine")

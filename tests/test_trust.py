@@ -344,9 +344,11 @@ def test_a_damaged_file_is_refused_on_resume_naming_it(
     run = RunDir(run_dir)
     assert not run.stage_done("refine")
     assert result_files(run_dir).keys() >= before.keys()
-    if "pool" in str(path):  # no result computed from the damaged shard (row 4: E1 + E2 poisoned)
-        assert not (run.results_dir / "refine-row04.jsonl").exists()
-    if "nets" not in str(path):  # a node refused it: the audit log has the error reply, naming the task
+    if "pool" in str(path) or "nets" in str(path):
+        # refused before any stage, against the manifest's digests (issue 19): no row retrained, no task sent
+        assert not list(run.results_dir.glob("refine-row*.jsonl"))
+        assert not [e for e in run.audit_events() if e["type"] in {"error", "resume"}]
+    else:  # a party's private file: its node refused it, and the audit log has the error reply
         (error,) = [e for e in run.audit_events() if e["type"] == "error"]
         assert error["stage"] == "refine" and error["party"] in {"E1", "E4"} and str(path) in error["reason"]
 
@@ -427,7 +429,7 @@ def test_a_full_disk_or_unwritable_out_is_refused_before_training(
     assert main(["run", str(SMOKE), "--engine", "inline", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "MiB free" in err and str(out) in err, err
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # a refused run leaves not even an empty --out behind
     monkeypatch.delenv("VEIL_MIN_FREE_MB")
 
     def refused(*args: Any, **kwargs: Any) -> Any:
@@ -437,7 +439,7 @@ def test_a_full_disk_or_unwritable_out_is_refused_before_training(
     assert main(["run", str(SMOKE), "--engine", "inline", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--out: cannot write here: Permission denied" in err, err
-    assert list(out.iterdir()) == []
+    assert not out.exists()
     assert time.monotonic() - t0 < 10  # no torch, no training
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from entities import threats
+from entities import attack_options, threats
 from entities.rows import Rows
 
 Target = Literal["pool", "codes"]
@@ -233,8 +233,10 @@ def get_attack(name: str) -> type[Attack]:
 
 
 def make_attack(name: str, **options: Any) -> Attack:
-    """An instance of attack `name` with its options (TypeError names a bad option)."""
-    return get_attack(name)(**options)
+    """An instance of attack `name` with its options, validated against the attack's declared options
+    (entities.attack_options; ValueError names each bad one)."""
+    cls = get_attack(name)
+    return cls(**attack_options.validated(name, threats.ATTACKS[name].options, options))
 
 
 def describe() -> list[dict[str, str]]:

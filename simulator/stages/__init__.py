@@ -8,20 +8,9 @@ imports, Flower's nodes included.
 import importlib
 import os
 
+from simulator.rundir import RUN_ORDER
 from simulator.stages.base import STAGES, Server, Stage, register, stage_order
 
-RUN_ORDER = (
-    "prepare",
-    "pretrain",
-    "poison",
-    "refine",
-    "codes",
-    "access",
-    "leak",
-    "attack",
-    "score",
-    "fedavg",
-)
 for _name in RUN_ORDER:
     importlib.import_module(f"simulator.stages.{_name}")
 for _module in filter(None, os.environ.get("VEIL_PLUGINS", "").split(",")):
