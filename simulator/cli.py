@@ -348,7 +348,7 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     try:  # what the runs stored, against their manifests' digests, before anything is computed from it
         for run in sweep.runs:
-            verify_stored(run.path)
+            verify_stored(run.path, copy_ok=True)
     except RunDamaged as err:
         print(f"veil report: {err}", file=sys.stderr)
         return 1

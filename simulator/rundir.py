@@ -72,12 +72,14 @@ class RunDamaged(RuntimeError):
     """A file a finished stage left behind is missing or differs from the digest the manifest recorded."""
 
 
-def verify_stored(root: Path) -> None:
+def verify_stored(root: Path, *, copy_ok: bool = False) -> None:
     """Raise RunDamaged naming the first file of a run that differs from the digest its manifest holds:
     the resolved scenario, the shared nets and every pool shard (its file against the pool's manifest, and
     its features and labels together against the digest the run's manifest recorded when its owner
     published it). `veil report` and `--resume` call it before they compute anything; the parties' private
-    files are verified by their owners when they read them (simulator.views)."""
+    files are verified by their owners when they read them (simulator.views). `copy_ok` (the report, which
+    reads records only): a run copied without its whole shared/ or pool/ folder passes; a folder that is
+    there but lacks a file does not."""
     from simulator.pool import Pool, PoolError  # numpy, not torch
 
     root = Path(root)
@@ -92,7 +94,7 @@ def verify_stored(root: Path) -> None:
         return  # a run from before digests were recorded, or one whose manifest was refused already
     for where in (SCENARIO_DIGEST, NETS_DIGEST):
         expected, path = digests.get(where), root / where
-        if expected is None:
+        if expected is None or (copy_ok and not path.parent.exists()):
             continue
         try:
             actual = sha256_of(path.read_bytes())
@@ -106,7 +108,7 @@ def verify_stored(root: Path) -> None:
                 f"{path}: altered since {stage} (sha256 {actual}, the manifest recorded {expected})"
             )
     recorded = {k.removeprefix("pool/"): v for k, v in digests.items() if k.startswith("pool/")}
-    if not recorded:
+    if not recorded or (copy_ok and not (root / "pool").exists()):
         return
     if not (root / "pool" / "manifest.json").is_file():
         missing = ", ".join(sorted(recorded))
