@@ -20,7 +20,7 @@ from reports.attacks import parse_label
 from reports.compare import t_interval
 from reports.paper import DEEP_POISONING, PAPER_TABLE3, PAPER_TABLE4, table3_row
 from reports.plots import _pyplot, save
-from reports.report import Section, Stats, _stat, fmt, grid
+from reports.report import Section, Stats, _interval, _stat, fmt, grid
 from reports.runs import Run, Sweep
 
 HOLDER = "protection-holder"  # the attack of a holder of the victim's protector (Table 4's reversal)
@@ -154,10 +154,6 @@ def frontier_plot(points: pd.DataFrame, path: Path, n_runs: int) -> Path:
     fig.suptitle(f"Protections: privacy lost against utility ({spread})", fontsize=10)
     fig.tight_layout()
     return save(fig, path, ("png", "svg"))[0]
-
-
-def _interval(mean: float, lo: float, hi: float, n: int) -> str:
-    return f"{fmt(mean, 3)} [{fmt(lo, 3)}, {fmt(hi, 3)}]" if n > 1 and not pd.isna(lo) else fmt(mean, 3)
 
 
 def section_frontier(points: pd.DataFrame, n_runs: int, out: Path) -> Section | None:
