@@ -1,10 +1,12 @@
 """The report's protection sections (issue 17): Table 3 beside the paper's, each protection against every
 attack on its pool, Table 4 (a shared obfuscator reversed by its holder), and the privacy-utility frontier.
 
-A protection's utility is Table 3's: C's top-1 on the entity's test images through its protection (the
-paper's measure). Its privacy lost is the strongest attack on its pooled protected features: per run the
-highest SSIM (and, apart, the highest rank-1 re-identification) over every attack run on them, then the mean
-and 95% t-interval over runs. Reads records only.
+A protection's utility is the top-1 of the refined rows that pool only its victim's protected features
+(`own:features` and `poisoned:V`), where every point has such a row; otherwise Table 3's, C's top-1 on the
+entity's test images through its protection (the paper's measure); both are shown. Its privacy lost is
+the strongest attack on its pooled protected features: per run the highest SSIM (and, apart, the highest
+rank-1 re-identification) over every attack run on them, then the mean and 95% t-interval over runs.
+Reads records only.
 """
 
 from __future__ import annotations
@@ -45,11 +47,28 @@ def _strongest(attacked: pd.DataFrame) -> tuple[float, str] | None:
     return float(best.value), parse_label(str(best.label)).name
 
 
+def refined_rows_of(scenario: dict[str, Any]) -> dict[int, str]:
+    """The collaboration rows (numbered from 1, as table5 records them) whose pool is one victim's
+    protected features and nothing else but the refining entity's own: row -> that victim."""
+    rows: dict[int, str] = {}
+    for i, row in enumerate(scenario.get("collaboration") or [], start=1):
+        pooled = [str(d).split(":", 1) for d in row.get("data", []) if str(d) != "own:features"]
+        if len(pooled) == 1 and pooled[0][0] == "poisoned":
+            rows[i] = pooled[0][1]
+    return rows
+
+
+def utility_column(points: pd.DataFrame) -> str:
+    """The refined rows' top-1 when every point has one, else Table 3's (one measure on one frontier)."""
+    return "refined" if "refined" in points and points["refined"].notna().all() else "top1"
+
+
 def frontier_points(runs: list[Run]) -> pd.DataFrame:
-    """One line per victim with a protection (Table 3) and attacks on its protected pool: its top-1, the
-    strongest attack's SSIM and re-identification, each with its mean and 95% interval over runs, which
-    attack was strongest (in how many runs), and whether the point is on the frontier (no other point has
-    both more top-1 and less SSIM)."""
+    """One line per victim with a protection (Table 3) and attacks on its protected pool: its top-1 (Table
+    3's, and the refined rows' pooling only its features where there are such rows), the strongest attack's
+    SSIM and re-identification, each with its mean and 95% interval over runs, which attack was strongest
+    (in how many runs), and whether the point is on the frontier (no other point has both more utility,
+    as `utility_column` picks it, and less SSIM)."""
     values: dict[str, dict[str, list[float]]] = {}
     winners: dict[str, Counter[str]] = {}
     labels: dict[str, str] = {}
@@ -59,6 +78,8 @@ def frontier_points(runs: list[Run]) -> pd.DataFrame:
         attack = rec[(rec.table == "attack") & rec.value.notna()]
         on = np.array([parse_label(str(lab)).on == PROTECTED for lab in attack.label], dtype=bool)
         attack = attack[on] if len(attack) else attack
+        refined = rec[(rec.table == "table5") & (rec.metric == "top1") & rec.value.notna()]
+        pools = refined_rows_of(run.scenario)
         for victim, label in mine.items():
             top1 = rec[(rec.table == "table3") & (rec.label == label) & (rec.entity == victim)]
             top1 = top1[top1.metric == "top1"]
@@ -67,8 +88,10 @@ def frontier_points(runs: list[Run]) -> pd.DataFrame:
             if top1.empty or ssim is None:
                 continue
             labels[victim] = label
-            v = values.setdefault(victim, {"top1": [], "ssim": [], "reid": []})
+            v = values.setdefault(victim, {"top1": [], "refined": [], "ssim": [], "reid": []})
             v["top1"].append(float(top1.value.iloc[-1]))
+            mine_rows = refined[[pools.get(int(r)) == victim for r in refined.row]]
+            v["refined"].append(float(mine_rows.value.mean()) if len(mine_rows) else np.nan)
             v["ssim"].append(ssim[0])
             reid = _strongest(hits[hits.metric == "reid_rank1"])
             v["reid"].append(np.nan if reid is None else 100 * reid[0])
@@ -76,7 +99,7 @@ def frontier_points(runs: list[Run]) -> pd.DataFrame:
     lines: list[dict[str, Any]] = []
     for victim, v in values.items():
         line: dict[str, Any] = {"victim": victim, "protection": labels[victim]}
-        for metric in ("top1", "ssim", "reid"):
+        for metric in ("top1", "refined", "ssim", "reid"):
             n, mean, _, lo, hi = t_interval(v[metric])
             line.update({"n": n, metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi})
         counts = winners[victim]
@@ -87,7 +110,7 @@ def frontier_points(runs: list[Run]) -> pd.DataFrame:
     if not lines:
         return pd.DataFrame()
     points = pd.DataFrame(lines)
-    points["on frontier"] = on_frontier(points["ssim"].to_numpy(), points["top1"].to_numpy())
+    points["on frontier"] = on_frontier(points["ssim"].to_numpy(), points[utility_column(points)].to_numpy())
     return points
 
 
@@ -105,6 +128,7 @@ def frontier_plot(points: pd.DataFrame, path: Path, n_runs: int) -> Path:
     """Utility against privacy lost, one point per protected victim, the frontier joined: against the
     strongest attack's SSIM (left) and its rank-1 re-identification (right)."""
     plt = _pyplot()
+    y = utility_column(points)
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.8), sharey=True)
     for ax, x, name in (
         (axes[0], "ssim", "the strongest attack's SSIM (data range 1)"),
@@ -118,15 +142,15 @@ def frontier_plot(points: pd.DataFrame, path: Path, n_runs: int) -> Path:
         if n_runs > 1:
             errors = {
                 "xerr": np.nan_to_num(np.vstack([p[x] - p[f"{x}_lo"], p[f"{x}_hi"] - p[x]])),
-                "yerr": np.nan_to_num(np.vstack([p["top1"] - p["top1_lo"], p["top1_hi"] - p["top1"]])),
+                "yerr": np.nan_to_num(np.vstack([p[y] - p[f"{y}_lo"], p[f"{y}_hi"] - p[y]])),
             }
-        ax.errorbar(p[x], p["top1"], fmt="o", color="#3b6ea8", ms=5, capsize=3, zorder=2, **errors)
-        best = on_frontier(p[x].to_numpy(), p["top1"].to_numpy())
+        ax.errorbar(p[x], p[y], fmt="o", color="#3b6ea8", ms=5, capsize=3, zorder=2, **errors)
+        best = on_frontier(p[x].to_numpy(), p[y].to_numpy())
         front = p[best].sort_values(x)
-        ax.step(front[x], front["top1"], where="post", color="#c0392b", lw=2, alpha=0.8, zorder=3)
+        ax.step(front[x], front[y], where="post", color="#c0392b", lw=2, alpha=0.8, zorder=3)
         ax.plot(
             front[x],
-            front["top1"],
+            front[y],
             "o",
             mfc="none",
             mec="#c0392b",
@@ -137,7 +161,7 @@ def frontier_plot(points: pd.DataFrame, path: Path, n_runs: int) -> Path:
         )
         placed: list[tuple[float, float]] = []
         span = max(float(p[x].max()), 1e-9)
-        for xv, yv, victim in zip(p[x], p["top1"], p["victim"], strict=True):
+        for xv, yv, victim in zip(p[x], p[y], p["victim"], strict=True):
             # victims often share a point: stack their names instead of overprinting
             near = sum(abs(xv - px) < 0.06 * span and abs(yv - py) < 4 for px, py in placed)
             placed.append((xv, yv))
@@ -149,7 +173,11 @@ def frontier_plot(points: pd.DataFrame, path: Path, n_runs: int) -> Path:
         ax.set_ylim(0, 105)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right", frameon=False)
-    axes[0].set_ylabel("utility: C's top-1 on the protected features (%)")
+    axes[0].set_ylabel(
+        "utility: top-1 of C refined on its protected pool (%)"
+        if y == "refined"
+        else "utility: C's top-1 on the protected features (%)"
+    )
     spread = f"mean and 95% t-interval over {n_runs} seeds" if n_runs > 1 else "one seed"
     fig.suptitle(f"Protections: privacy lost against utility ({spread})", fontsize=10)
     fig.tight_layout()
@@ -165,6 +193,9 @@ def section_frontier(points: pd.DataFrame, n_runs: int, out: Path) -> Section | 
             "victim": points["victim"],
             "protection": points["protection"],
             "top-1 (%)": [_interval(*v) for v in zip(*(points[c] for c in _cols("top1")), strict=True)],
+            "refined top-1 (%)": [
+                _interval(*v) for v in zip(*(points[c] for c in _cols("refined")), strict=True)
+            ],
             "strongest SSIM": [_interval(*v) for v in zip(*(points[c] for c in _cols("ssim")), strict=True)],
             "strongest re-identification (%)": [
                 _interval(*v) for v in zip(*(points[c] for c in _cols("reid")), strict=True)
@@ -173,13 +204,21 @@ def section_frontier(points: pd.DataFrame, n_runs: int, out: Path) -> Section | 
             "on frontier": ["yes" if f else "" for f in points["on frontier"]],
         }
     )
+    if points["refined"].isna().all():
+        shown = shown.drop(columns="refined top-1 (%)")
+    utility = (
+        "the top-1 of the refined rows that pool only the victim's protected features"
+        if utility_column(points) == "refined"
+        else "C's top-1 on the victim's test images through its protection (Table 3)"
+    )
     return Section(
         "frontier",
         "The privacy-utility frontier of the protections",
-        "One point per victim and its protection. Utility: C's top-1 on the victim's test images through its "
-        "protection (Table 3). Privacy lost: the strongest attack on its pooled protected features, per run "
-        "the highest over every attack run on them (SSIM; re-identification apart), then the mean over runs. "
-        "A point is on the frontier when no other has both more top-1 and a lower SSIM: a protection worth "
+        f"One point per victim and its protection. Utility: {utility} (the refined rows' when every "
+        "victim has one, else Table 3's). Privacy lost: the strongest attack on its pooled protected "
+        "features, per run the highest over every attack run on them (SSIM; re-identification apart), "
+        "then the mean over runs. "
+        "A point is on the frontier when no other has both more utility and a lower SSIM: a protection worth "
         "having lies left of 'none' at about its height."
         + (
             f" Means over {n_runs} seeds, with the 95% t-interval in brackets."

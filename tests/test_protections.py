@@ -28,9 +28,9 @@ from entities.protections.perturbations import (
     MeanFilterSection,
 )
 from entities.registry import PROTECTIONS
-from reports.protections import on_frontier
+from reports.protections import frontier_points, on_frontier, utility_column
 from reports.report import write_report
-from reports.runs import load_sweep, read_records
+from reports.runs import Run, load_sweep, read_records
 from simulator import protection as P
 from simulator.cli import main
 from simulator.rundir import RunDir
@@ -369,6 +369,33 @@ def test_the_frontier_keeps_exactly_the_points_nothing_dominates() -> None:
     assert on_frontier(lost, utility).tolist() == [True, True, False, True, True, False]
 
 
+def test_the_frontier_ranks_by_the_refined_rows_where_every_victim_has_one() -> None:
+    fields = ("table", "row", "label", "entity", "metric", "value")
+
+    def rec(*values: Any) -> dict[str, Any]:
+        return dict(zip(fields, values, strict=True))
+
+    records = pd.DataFrame(
+        [
+            rec("table3", None, "GN (sigma=1)", "A", "top1", 40.0),
+            rec("table3", None, "DPM", "B", "top1", 60.0),
+            rec("attack", None, "eve: shared-reconstructor on protected", "A", "ssim", 0.2),
+            rec("attack", None, "eve: shared-reconstructor on protected", "B", "ssim", 0.3),
+            rec("table5", 1, "E + A", "E", "top1", 70.0),  # A's pool refines better than B's
+            rec("table5", 2, "E + B", "E", "top1", 50.0),
+            rec("table5", 3, "E + A, B", "E", "top1", 99.0),  # two pools: nobody's alone
+        ]
+    )
+    records["row"] = records["row"].astype("Int64")
+    rows = [["own:features", "poisoned:A"], ["own:features", "poisoned:B"], ["poisoned:A", "poisoned:B"]]
+    scenario = {"collaboration": [{"label": f"r{i}", "entity": "E", "data": d} for i, d in enumerate(rows)]}
+    points = frontier_points([Run(Path("."), scenario, {}, records)]).set_index("victim")
+    assert points["refined"].to_dict() == {"A": 70.0, "B": 50.0}
+    assert utility_column(points) == "refined"
+    # by Table 3's top-1, B (more utility, more lost) would be on the frontier; by the refined rows it is not
+    assert points["on frontier"].to_dict() == {"A": True, "B": False}
+
+
 def test_the_report_puts_each_protection_on_the_frontier_and_beside_tables_3_and_4(
     protections_run: Path, tmp_path: Path
 ) -> None:
@@ -388,6 +415,11 @@ def test_the_report_puts_each_protection_on_the_frontier_and_beside_tables_3_and
         assert ssim == pytest.approx(float(on_pool["value"].max()))
     for _, p in points[~points["on frontier"]].iterrows():
         assert ((points["ssim"] <= p["ssim"]) & (points["top1"] >= p["top1"])).any()
+    # the one refined row that pools a single victim's features ("E1 + E3 GN") is E3's refined utility
+    t5 = records[(records["table"] == "table5") & (records["metric"] == "top1")]
+    refined = points.set_index("victim")["refined"]
+    assert refined["E3"] == pytest.approx(float(t5[t5.row == 1]["value"].iloc[0]))
+    assert refined.drop("E3").isna().all()  # the others have no such row: Table 3's top-1 ranks them all
     assert (out / "frontier.png").stat().st_size > 0
     # Table 4: the shared obfuscator's holder and the private DPM under the same attack, the paper beside
     table4 = pd.read_csv(out / "table4.csv").set_index("victim")
@@ -411,6 +443,27 @@ def test_the_shared_obfuscator_is_the_leaders_and_each_holder_rebuilds_its_own_p
         assert torch.equal(holders[0](x), holders[1](x))  # both hold the one obfuscator
         own = P.rebuild(s, "E1", nets, (run.private_dir("E1") / "dpm.pt").read_bytes())
         assert not torch.equal(own(x), holders[0](x))  # a private DPM is another module
+
+
+def test_the_smoke_scenarios_cheap_protections_run_through_flower_and_are_attacked(smoke_run: Path) -> None:
+    """The smoke run (the real Flower/Ray simulation; test_structure checks the inline engine gives the
+    same records) protects three entities without training: each has its Table 3 row, finite, and its
+    protected pool was attacked with finite scores."""
+    records = read_records(smoke_run)
+    table3 = records[records["table"] == "table3"]
+    protected = {
+        "GN": "GN (sigma=1)",
+        "MF": "MF (size=3)",
+        "GM": next(label for label in table3["label"] if str(label).startswith("GM (epsilon=8")),
+    }
+    for entity, label in protected.items():
+        rows = table3[(table3["entity"] == entity) & (table3["label"] == label)]
+        assert set(rows["metric"]) >= {"top1", "ssim"}, entity
+        assert np.isfinite(rows["value"].to_numpy(float)).all(), entity
+    attacked = records[(records["table"] == "attack") & (records["metric"] == "ssim")]
+    for entity in ("GN", "GM"):  # eve's victims among them
+        values = attacked[attacked["entity"] == entity]["value"].to_numpy(float)
+        assert len(values) and np.isfinite(values).all(), entity
 
 
 @pytest.mark.slow
