@@ -15,6 +15,7 @@ from entities.datasets import kind_of, load_dataset
 from entities.nets import build_classifier, feature_shape
 from simulator.cli import main
 from simulator.schema import load_scenario
+from simulator.stages.poison import originals_published
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scenarios" / "smoke.yaml"
@@ -37,10 +38,10 @@ def _smoke_pool_bytes() -> int:
     featurizer, _ = build_classifier("resnet18", "conv2_x", 6)
     shape = feature_shape(featurizer, 32)
     total = 0
-    for name, n in zip(("E1", "E2", "E3", "E4"), sizes, strict=True):
+    for name, n in zip((e.name for e in s.entities), sizes, strict=True):
         buffer = io.BytesIO()
         np.save(buffer, np.zeros((2 * n, *shape), dtype=np.float16))
-        total += len(buffer.getvalue()) * (2 if name in ("E1", "E2") else 1)
+        total += len(buffer.getvalue()) * (2 if name in originals_published(s) else 1)
     return total
 
 
@@ -51,7 +52,7 @@ def test_smoke_plan_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture
     text = capsys.readouterr().out
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert _tree() == before
-    for party in ("E1", "E2", "E3", "E4", "owner", "alice", "bob", "eve"):
+    for party in ("E1", "E2", "E3", "E4", "GN", "MF", "GM", "owner", "alice", "bob", "eve"):
         assert re.search(rf"^  {party} +\S", text, re.M), party
     for stage in ("prepare", "pretrain", "poison", "refine", "codes", "access", "attack", "score"):
         assert re.search(rf"^  {stage} +", text, re.M), stage

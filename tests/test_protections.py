@@ -128,8 +128,14 @@ def test_bad_protections_are_refused_naming_the_field(protection: Any, path: str
 
 def test_the_default_protection_is_the_papers_dpm_and_the_dpm_recipe_is_needed_only_for_a_dpm() -> None:
     s = parse_scenario(yaml.safe_load(SMOKE.read_text()))
-    assert {e.protection.kind for e in s.entities} == {"dpm"}
-    assert not P.compares_protections(s)  # so the smoke scenario writes no Table 3 (its records unchanged)
+    # E1-E4 declare none: the paper's DPM; the others the protections that need no training
+    assert {e.name: e.protection.kind for e in s.entities} == {
+        **{f"E{i}": "dpm" for i in range(1, 5)},
+        "GN": "gaussian-noise",
+        "MF": "mean-filter",
+        "GM": "gaussian-mechanism",
+    }
+    assert P.compares_protections(s)  # so the smoke scenario writes Table 3
     noise = {"kind": "gaussian-noise", "sigma": 1.0}
     parse_scenario(smoke_with(noise, drop_dpm=True))  # no entity trains a DPM: no dpm section needed
     found = problems(smoke_with({**noise, "then_dpm": True}, drop_dpm=True))

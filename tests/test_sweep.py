@@ -196,7 +196,8 @@ def test_every_net_of_the_smoke_scenario_has_a_training_curve(smoke_inline: Path
     scenario = load_scenario(SMOKE)
     curves = smoke_curves(smoke_inline)
     leader = scenario.leading_entity
-    expected = {("F+C", leader), ("R", leader)} | {("DPM", e.name) for e in scenario.entities}
+    dpms = {("DPM", e.name) for e in scenario.entities if e.protection.uses_dpm()}
+    expected = {("F+C", leader), ("R", leader)} | dpms
     for i, row in enumerate(scenario.collaboration, 1):
         expected.add((f"F+C row {i}" if row.trains_from_raw else f"C refined row {i}", row.entity))
     assert scenario.data_owner is not None
