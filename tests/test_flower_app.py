@@ -187,7 +187,11 @@ def test_flwr_run_gives_the_records_of_veil_run(smoke_run: Path, tmp_path: Path)
         bad = flwr_run(env, f"scenario='scenarios/smoke.yaml' out='{out}' set='dpm.epochs=0'", federation)
         stream = bad.stdout + bad.stderr
         assert "dpm.epochs" in stream and "no run started" in stream, stream[-5000:]
-        assert not out.exists() or not any(out.iterdir())
+        # Flower's default federation (2 SuperNodes): refused, saying what the scenario needs.
+        small = flwr_run(env, f"scenario='scenarios/smoke.yaml' out='{out}'", "num-supernodes=2")
+        stream = small.stdout + small.stderr
+        assert f'--federation-config "{federation}"' in stream, stream[-5000:]
+        assert not out.exists() or not any(out.iterdir())  # `flwr run` exits 0 all the same
 
         t0 = time.monotonic()
         done = flwr_run(env, f"scenario='scenarios/smoke.yaml' out='{out}' seed=0", federation)
