@@ -6,7 +6,8 @@ sweep.py      several runs of one scenario (--seeds, list-valued --set)
 stages/       one module per stage, registered in run order: its server-side plan, a party's work
               for one task, and the records its replies become (base.py: Stage, Server, register)
 engines/      carry tasks and replies: `drive` (the server's loop), inline.py (one process),
-              flower/ (the only package that imports flwr: codec, audited Grid, session, apps, launch)
+              flower/ (the only package that imports flwr: codec, audited Grid, session, apps, launch;
+              app.py: Veil as a Flower App, for `flwr run .`)
 protocol.py   Veil's own task and reply types (plain arrays, config, typed records)
 node.py       a party's side: builds its view from its role and runs a stage's work; cache.py keeps
               what a node loaded (scenario, dataset, shared nets) once per process

@@ -12,6 +12,8 @@ from reports.formats import manifest_problems
 from simulator.preflight import (
     check_dataset,
     check_devices,
+    check_new_run,
+    check_out_dir,
     check_scenario_unchanged,
     check_writable,
     work_warnings,
@@ -208,16 +210,7 @@ def _warn(lines: list[str]) -> None:
 
 def _out_dir(text: str) -> Path:
     """--out as a directory path: refused when it is a file or its name cannot be one."""
-    out = Path(text)
-    try:
-        is_file = out.exists() and not out.is_dir()
-    except OSError as err:
-        raise ScenarioError(
-            str(out), [Problem("--out", f"{err.strerror}; expected a directory for runs")]
-        ) from None
-    if is_file:
-        raise ScenarioError(str(out), [Problem("--out", "is a file; expected a directory for runs")])
-    return out
+    return check_out_dir(Path(text), "--out")
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -273,11 +266,8 @@ def _run(args: argparse.Namespace) -> int:
             if not args.file:
                 print("veil run: give a scenario FILE or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_INVALID
-            scenario = load_scenario(args.file, args.set)
-            _warn(check_devices(scenario, cluster=cluster, engine=args.engine) + work_warnings(scenario))
-            check_dataset(scenario)
-            out = _out_dir(args.out)
-            check_writable(out, "--out")
+            out = Path(args.out)
+            scenario = check_new_run(args.file, args.set, out, _warn, cluster=cluster, engine=args.engine)
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID

@@ -7,14 +7,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 
-from simulator.engines import RunFailed, Stopped, audit_now, clear_stop, get_engine, request_stop
+from simulator.engines import Log, RunFailed, Stopped, audit_now, clear_stop, get_engine, request_stop
 from simulator.progress import watching
 from simulator.rundir import RunDir, RunLock
 from simulator.schema import Scenario
@@ -49,7 +49,11 @@ class ProgressConsole(Console):
 
 console = ProgressConsole(stderr=True, highlight=False)
 
-__all__ = ["RunFailed", "Stopped", "resume_run", "start_run"]
+__all__ = ["Carry", "RunFailed", "Stopped", "resume_run", "start_run"]
+
+# Drives a run's stages on an engine that is already running: the Flower App's ServerApp, given its Grid
+# by `flwr run` (simulator.engines.flower.app), rather than an engine this process starts.
+Carry = Callable[[RunDir, Log], None]
 
 
 def _log(text: str) -> None:
@@ -83,12 +87,15 @@ def stop_on_signals() -> Iterator[None]:
         clear_stop()
 
 
-def _simulate(run: RunDir, engine: str, ray_address: str | None) -> None:
+def _simulate(run: RunDir, engine: str, ray_address: str | None, carry: Carry | None = None) -> None:
     _log(f"run [bold]{run.root}[/] ({engine} engine)")
     t0 = time.monotonic()
     try:
         with stop_on_signals(), watching(run.root, console):
-            get_engine(engine)(run, _log, ray_address)
+            if carry is not None:
+                carry(run, _log)
+            else:
+                get_engine(engine)(run, _log, ray_address)
     except Stopped as err:
         stages = run.manifest()["stages"]
         done = [name for name, entry in stages.items() if entry.get("status") == "done"]
@@ -105,11 +112,18 @@ def _simulate(run: RunDir, engine: str, ray_address: str | None) -> None:
 
 
 def start_run(
-    scenario: Scenario, *, out: Path, engine: str = "flower", ray_address: str | None = None
+    scenario: Scenario,
+    *,
+    out: Path,
+    engine: str = "flower",
+    ray_address: str | None = None,
+    carry: Carry | None = None,
 ) -> Path:
+    """A new run directory under `out`, its stages driven by `engine` (started here), or by `carry` (an
+    engine already running; `engine` then only names it in the log)."""
     run = RunDir.create(scenario, out)
     with RunLock(run.root):
-        _simulate(run, engine, ray_address)
+        _simulate(run, engine, ray_address, carry)
     return run.root
 
 

@@ -10,11 +10,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from entities.datasets import DatasetError, TaskData, kind_of
-from simulator.schema import Problem, Scenario, ScenarioError, too_few_images, training_steps
+from simulator.schema import (
+    Problem,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    too_few_images,
+    training_steps,
+)
 
 MIN_FREE_MB = 200  # below this much free space (VEIL_MIN_FREE_MB) a run does not start
 
@@ -54,6 +61,40 @@ def check_writable(where: Path, option: str, *, free_space: bool = True) -> None
             with contextlib.suppress(OSError):
                 path.rmdir()
         raise
+
+
+def check_out_dir(out: Path, option: str) -> Path:
+    """`out` as a directory for runs: refused when it is a file or its name cannot be one."""
+    try:
+        is_file = out.exists() and not out.is_dir()
+    except OSError as err:
+        raise ScenarioError(
+            str(out), [Problem(option, f"{err.strerror}; expected a directory for runs")]
+        ) from None
+    if is_file:
+        raise ScenarioError(str(out), [Problem(option, "is a file; expected a directory for runs")])
+    return out
+
+
+def check_new_run(
+    file: str | Path,
+    overrides: Sequence[str],
+    out: Path,
+    warn: Callable[[list[str]], None],
+    *,
+    cluster: bool = False,
+    engine: str = "flower",
+    out_option: str = "--out",
+) -> Scenario:
+    """What a new run is checked for before torch loads and anything is written (`veil run FILE`, and the
+    Flower App's ServerApp): the scenario with its overrides, this machine's devices (findings a cluster
+    may answer go to `warn`, with the work warnings), the dataset's files, and `out` (named `out_option` in
+    errors). Raises ScenarioError; returns the scenario."""
+    scenario = load_scenario(file, overrides)
+    warn(check_devices(scenario, cluster=cluster, engine=engine) + work_warnings(scenario))
+    check_dataset(scenario)
+    check_writable(check_out_dir(out, out_option), out_option)
+    return scenario
 
 
 def check_scenario_unchanged(root: Path) -> None:

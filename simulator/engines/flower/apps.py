@@ -68,6 +68,13 @@ def make_client_app() -> ClientApp:
     return app
 
 
+def drive_on(grid: Grid, run: RunDir, log: Log) -> None:
+    """Every stage of `run` through Flower's `grid` (audited), as the ServerApp's main does: the one
+    server loop of both the in-process simulation (launch.py) and the Flower App (app.py)."""
+    timeout = run.scenario().timeouts.stage_seconds
+    drive(run, FlowerSession(AuditedGrid(grid, run), str(run.root), timeout=timeout), log)
+
+
 def make_server_app(run: RunDir, log: Log, failures: list[BaseException]) -> ServerApp:
     """A ServerApp bound to one run directory. Under run_simulation it runs in a thread of this
     process, so an exception is kept in `failures` for the launcher to raise."""
@@ -76,8 +83,7 @@ def make_server_app(run: RunDir, log: Log, failures: list[BaseException]) -> Ser
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            timeout = run.scenario().timeouts.stage_seconds
-            drive(run, FlowerSession(AuditedGrid(grid, run), str(run.root), timeout=timeout), log)
+            drive_on(grid, run, log)
         except BaseException as err:  # noqa: BLE001 - handed to the launcher, which fails loudly
             failures.append(err)
 
