@@ -21,6 +21,7 @@ from test_compare import COLLABORATION, make_sweep  # tests/ is on sys.path (roo
 
 from reports.runs import load_run
 from simulator.cli import main
+from simulator.schema import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,7 +258,7 @@ def test_report_of_a_real_smoke_run(
     run = load_run(run_dir)
     report = render(run_dir, capsys)
     # Tables 1 and 2 measure DPMs: the entities protected without one are in Table 3 only
-    entities = [e["name"] for e in run.scenario["entities"] if "protection" not in e]
+    entities = [e.name for e in load_scenario(run_dir / "scenario.yaml").entities if e.protection.uses_dpm()]
     rows = run.scenario["collaboration"]
 
     assert sorted(r[0] for r in report.tables["table1"]["body"]) == sorted([*entities, "paper"])
