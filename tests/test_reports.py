@@ -302,9 +302,15 @@ def test_report_of_a_real_smoke_run(
     # the referee's grids, copied beside index.html with a caption each; a file that is no PNG is left out
     grids = sorted(src for src in report.images if src.startswith("figures/"))
     assert grids == sorted(f"figures/{p.name}" for p in (run_dir / "figures").glob("*.png"))
-    # each entity's Table 2 grid first, then the attacks'; the owner's codes grid in the codes section
-    assert report.column("grids-deep-poisoning", "party") == [*entities, victim, victim]
-    assert report.column("grids-deep-poisoning", "features") == ["", "", "", "", "poisoned", "original"]
+    # every entity's Table 2 grid (by name), then each victim's under the shared reconstructor; the owner's
+    # codes grid in the codes section
+    named = sorted(e["name"] for e in run.scenario["entities"])
+    victims = sorted(run.scenario["adversaries"][0]["victims"])
+    assert report.column("grids-deep-poisoning", "party") == [*named, *(v for v in victims for _ in "po")]
+    assert report.column("grids-deep-poisoning", "features") == [""] * len(named) + [
+        "poisoned",
+        "original",
+    ] * len(victims)
     assert report.column("grids-ambiguated-codes", "figure")[0] == "codes-owner.png"
     assert "figures/attack-eve-decode-as-published-codes-codes.png" in grids
     assert {"figures/codes-owner.png", *(f"figures/table2-{e}.png" for e in entities)} <= set(grids)
