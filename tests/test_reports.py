@@ -322,9 +322,12 @@ def test_report_of_a_real_smoke_run(
     assert text.index("What this run shows") < text.index("Table 1")
     assert "holds" not in text and "does not hold" not in text
     assert html.escape("E1: test images; R from original features; R from DPM-poisoned features") in text
-    assert html.escape(
-        "owner: originals; authorised; ambiguated as published; random guess; JPEG at the matched rate"
-    ) in text
+    assert (
+        html.escape(
+            "owner: originals; authorised; ambiguated as published; random guess; JPEG at the matched rate"
+        )
+        in text
+    )
     assert html.escape(f"eve: shared-reconstructor on {victim}'s DPM-poisoned features (protected)") in text
     assert html.escape("eve: magnitude (largest) on the published ambiguated codes") in text
 
