@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -230,10 +232,11 @@ def wait_for_nodes(address: str, count: int, timeout: float = 90) -> None:
 def loopback_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Ray head and one worker on 127.0.0.1, one CPU each; their address."""
     tmp = tmp_path_factory.mktemp("ray-cluster")
+    short = Path(tempfile.mkdtemp(prefix="vr-", dir="/tmp"))  # Ray's socket paths must fit 107 bytes
     port = free_port()
     address = f"127.0.0.1:{port}"
     head = RayNode(
-        ["--head", "--port", str(port), "--temp-dir", str(tmp / "ray"), "--include-dashboard", "false"],
+        ["--head", "--port", str(port), "--temp-dir", str(short), "--include-dashboard", "false"],
         tmp / "head.log",
     )
     nodes = [head]
@@ -245,6 +248,7 @@ def loopback_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for node in reversed(nodes):
             node.stop()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.mark.slow
