@@ -452,7 +452,7 @@ def run_parallel(
     pending = list(todo)
     stop_at: float | None = None
     try:
-        while pending or live:
+        while (pending and not stops) or live:  # after a stop: no new runs, wait for the live ones
             while pending and len(live) < n and not stops:
                 path = pending.pop(0)
                 log = logs / f"{path.name}.log"
