@@ -9,6 +9,7 @@ from pathlib import Path
 
 from entities.files import read_regular
 from reports.formats import manifest_problems
+from simulator.cluster import ClusterError
 from simulator.preflight import (
     check_dataset,
     check_devices,
@@ -139,6 +140,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     cluster = args.ray_address is not None
     try:  # every run's scenario validated before anything is written
+        parallel = parse_parallel(args.parallel)
+        _check_cluster_flags(args)
         if args.resume:
             if args.set or args.seeds is not None:
                 print("veil run: a resumed sweep keeps its runs; drop --set and --seeds", file=sys.stderr)
@@ -185,15 +188,39 @@ def _run_sweep(args: argparse.Namespace) -> int:
         except RunDamaged as err:
             print(f"veil run failed: {err}", file=sys.stderr)
             return 1
-    else:
+    if rc := _check_cluster_nodes(args, root if args.resume else out):
+        return rc
+    if not args.resume:
         root = create_sweep(plan, out)
         print(f"sweep directory: {root} ({len(plan.runs)} runs)", file=sys.stderr)
 
-    from simulator.sweep import run_sweep  # torch and flwr load here
+    if parallel is not None:
+        from simulator.sweep import SweepStopped, run_parallel  # no torch here: each run is a child process
 
-    failures = run_sweep(
-        root, engine=args.engine, ray_address=args.ray_address, share_ray=not args.ray_per_run
-    )
+        if args.ray_address is not None:  # the children join the cluster themselves
+            import ray
+
+            ray.shutdown()
+
+        try:
+            failures = run_parallel(root, parallel, engine=args.engine, ray_address=args.ray_address)
+        except SweepStopped as err:
+            print(f"veil run: {err}; `veil run --resume {root}` completes the sweep", file=sys.stderr)
+            return 128 + err.signum
+    else:
+        from simulator.engines import Stopped
+        from simulator.sweep import run_sweep  # torch and flwr load here
+
+        try:
+            failures = run_sweep(
+                root, engine=args.engine, ray_address=args.ray_address, share_ray=not args.ray_per_run
+            )
+        except Stopped as err:
+            print(f"veil run {err}: `veil run --resume {root}` completes the sweep", file=sys.stderr)
+            return 128 + err.signum
+        except ClusterError as err:
+            print(f"veil run: {err}", file=sys.stderr)
+            return EXIT_INVALID
     print(f"sweep directory: {root}")
     if failures:
         for line in failures:
@@ -206,6 +233,62 @@ def _run_sweep(args: argparse.Namespace) -> int:
 def _warn(lines: list[str]) -> None:
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
+
+
+def _check_cluster_flags(args: argparse.Namespace) -> None:
+    """--ray-address: the flower engine, and a head that answers (simulator.cluster), before anything is
+    written; the run's paths made absolute, since the nodes read them from other working directories."""
+    if args.ray_address is None:
+        return
+    if args.engine == "inline":
+        raise ScenarioError(
+            "--ray-address",
+            [Problem("--ray-address", "needs the flower engine; --engine inline runs every party here")],
+        )
+    from simulator.cluster import check_reachable, connect
+
+    check_reachable(args.ray_address)
+    try:  # joined now, so that a head that answers TCP but is no Ray head leaves nothing written either
+        connect(args.ray_address)
+    except ClusterError as err:
+        raise ScenarioError("--ray-address", [Problem("--ray-address", str(err))]) from None
+    if args.resume:
+        args.resume = str(Path(args.resume).absolute())
+    args.out = str(Path(args.out).absolute())
+
+
+def _check_cluster_nodes(args: argparse.Namespace, directory: Path) -> int:
+    """--ray-address: every alive Ray node reads a probe written in `directory`; 0, or EXIT_INVALID with
+    the nodes that cannot. Stays connected (_check_cluster_flags joined): the run's Flower backend reuses it.
+    """
+    if args.ray_address is None:
+        return 0
+    from simulator.cluster import check_nodes_see
+
+    try:
+        seen = check_nodes_see(directory)
+        print(f"ray cluster at {args.ray_address}: {seen} node(s), each reads {directory}", file=sys.stderr)
+    except ClusterError as err:
+        print(f"veil run: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def parse_parallel(text: str | None) -> int | None:
+    """--parallel N: a whole number >= 1, or "auto" (the flag without N: simulator.sweep.default_parallel);
+    None without the flag."""
+    if text is None or text == "auto":
+        return None if text is None else 0
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 1 or str(n) != text.strip().lstrip("+"):
+        raise ScenarioError(
+            "--parallel",
+            [Problem("--parallel", f"{text!r}: expected a whole number of runs at once, 1 or more")],
+        )
+    return n
 
 
 def _out_dir(text: str) -> Path:
@@ -242,11 +325,26 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.parallel not in (None, "auto") and args.file is None and not args.parallel.strip().isdigit():
+        if Path(args.parallel).is_file():  # `--parallel FILE --seeds ...`: the flag took the file as its N
+            args.file, args.parallel = args.parallel, "auto"
     if args.dry_run:
         return _dry_run(args)
     if _wants_sweep(args):
         return _run_sweep(args)
     try:  # the inputs first, before torch and flwr load and before anything is written
+        if args.parallel is not None:
+            parse_parallel(args.parallel)  # a bad N is named first, like in a sweep
+            raise ScenarioError(
+                "--parallel",
+                [
+                    Problem(
+                        "--parallel",
+                        "spreads the runs of a sweep (--seeds, a list-valued --set); this is one run",
+                    )
+                ],
+            )
+        _check_cluster_flags(args)
         if args.resume and args.set:
             print(
                 "veil run: --set cannot change a resumed run; it keeps its resolved scenario", file=sys.stderr
@@ -271,6 +369,9 @@ def _run(args: argparse.Namespace) -> int:
     except ScenarioError as err:
         print(err, file=sys.stderr)
         return EXIT_INVALID
+
+    if rc := _check_cluster_nodes(args, Path(args.resume) if args.resume else out):
+        return rc
 
     from simulator.rundir import RunDamaged, RunLock, RunLocked, verify_stored
 
@@ -303,6 +404,9 @@ def _run(args: argparse.Namespace) -> int:
             run_dir = start_run(scenario, out=out, engine=args.engine, ray_address=args.ray_address)
     except ScenarioError as err:
         print(err, file=sys.stderr)
+        return EXIT_INVALID
+    except ClusterError as err:
+        print(f"veil run: {err}", file=sys.stderr)
         return EXIT_INVALID
     except Stopped as err:
         again = f"veil run --resume {args.resume or 'RUN_DIR'}"
@@ -458,7 +562,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="skip the finished stages of RUN_DIR and complete the rest"
     )
-    p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting one")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="join an existing Ray cluster (its head's address) instead of starting one; the run directory "
+        "must be on storage every node mounts at the same path (checked at start)",
+    )
+    p.add_argument(
+        "--parallel",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="N",
+        help="in a sweep, run N runs at once, each a `veil run --resume RUN` child process with its log in "
+        "SWEEP/logs/; without N, as many as this machine's CPUs allow (CPUs // the CPUs one run asks for)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -240,13 +240,13 @@ def sweep_runs(root: Path) -> list[Path]:
 
 def finished(run_dir: Path) -> bool:
     """Whether every stage of a run is done (its manifest says so)."""
-    from simulator.stages import stage_order
+    from simulator.cli import stage_names  # torch only where plugins or this process registered stages
 
     try:
         stages = json.loads((run_dir / "manifest.json").read_text()).get("stages", {})
     except (OSError, ValueError):
         return False
-    return all(stages.get(s.name, {}).get("status") == "done" for s in stage_order())
+    return all(stages.get(name, {}).get("status") == "done" for name in stage_names())
 
 
 _RAY_HEAD = """
@@ -303,7 +303,7 @@ def run_sweep(
     """Run (or complete) every run of a sweep, one after another; returns the failures (run: reason).
 
     With the flower engine and no --ray-address, the runs share one Ray instance (SharedRay)."""
-    from simulator.launcher import RunFailed, _log, resume_run  # torch and flwr load here
+    from simulator.launcher import RunFailed, Stopped, _log, resume_run  # torch and flwr load here
 
     runs = sweep_runs(root)
     todo = [p for p in runs if not finished(p)]
@@ -325,6 +325,11 @@ def run_sweep(
             t0 = time.monotonic()
             try:
                 resume_run(path, engine=engine, ray_address=ray_address)
+            except Stopped:  # a RunFailed too, but it stops the sweep, not just this run
+                _log(
+                    f"[yellow]sweep stopped in run {i} of {len(runs)}[/]: `veil run --resume {root}` goes on"
+                )
+                raise
             except RunFailed as err:
                 failures.append(f"{path.name}: {err}")
                 _log(f"[red]run {i} of {len(runs)} failed[/]: {path.name}: {err}")
@@ -339,4 +344,161 @@ def run_sweep(
             shared.close()
     (root / SWEEP_FILE).touch()  # the newest sweep is the one that finished last (bench --run latest)
     _log(f"sweep: {len(runs) - len(failures)} of {len(runs)} runs done in {time.monotonic() - t_sweep:.1f} s")
+    return failures
+
+
+# --- parallel sweeps: each run a child `veil run --resume RUN` --------------------------------------------
+
+LOGS = "logs"
+STOP_GRACE_S = 120.0  # after a forwarded signal, how long a child may take to stop before it is killed
+
+
+class SweepStopped(RuntimeError):
+    """A parallel sweep was stopped by a signal; finished runs are kept, stopped ones resume."""
+
+    def __init__(self, signum: int, stopped: list[str]):
+        import signal
+
+        self.signum = signum
+        super().__init__(
+            f"sweep stopped by {signal.Signals(signum).name}"
+            + (f" (runs {', '.join(stopped)} stopped, resumable)" if stopped else "")
+        )
+
+
+def run_cpus(scenario: Scenario, engine: str) -> float:
+    """The CPUs one run asks for: every party's node share (flower), or one process's share (inline)."""
+    from simulator import roles
+
+    share = max(scenario.resources.num_cpus, 1)
+    return share if engine == "inline" else share * len(roles.parties(scenario))
+
+
+def default_parallel(runs: list[Path], engine: str) -> int:
+    """--parallel without N: this machine's CPUs // the CPUs the hungriest run asks for, at least 1."""
+    from simulator.preflight import machine_cpus
+
+    need = max((run_cpus(load_scenario(r / "scenario.yaml"), engine) for r in runs), default=1.0)
+    return max(1, int(machine_cpus() // need))
+
+
+def _say(text: str) -> None:
+    import sys
+
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def run_parallel(
+    root: Path, parallel: int, *, engine: str = "flower", ray_address: str | None = None
+) -> list[str]:
+    """Run (or complete) a sweep's unfinished runs `parallel` at a time (0: default_parallel), each as a
+    child `veil run --resume RUN` in a session of its own, its output in SWEEP/logs/<run>.log. SIGINT
+    and SIGTERM go to every child (a child stops as a run does, resumable) and then raise SweepStopped.
+    Returns the failures (run: reason), as run_sweep does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from simulator.rundir import SOURCE_ROOT
+
+    runs = sweep_runs(root)
+    todo = [p for p in runs if not finished(p)]
+    for path in runs:
+        if path not in todo:
+            _say(f"{path.name}: finished earlier, skipped")
+    n = parallel or default_parallel(todo, engine)
+    logs = root / LOGS
+    logs.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "PYTHONUNBUFFERED": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+    }
+    extra = ["--engine", engine] + (["--ray-address", ray_address] if ray_address else [])
+    _say(f"sweep: {len(todo)} of {len(runs)} runs to do, {n} at a time; logs in {logs}")
+    live: dict[Path, tuple[subprocess.Popen[bytes], float]] = {}
+    failures: list[str] = []
+    stops: list[int] = []
+    stopped: list[str] = []
+    t_sweep = time.monotonic()
+
+    def forward(signum: int) -> None:
+        for proc, _ in list(live.values()):
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def on_signal(signum: int, frame: object) -> None:
+        first = not stops
+        stops.append(signum)
+        if first:
+            _say(f"{signal.Signals(signum).name}: stopping the sweep's runs; finished runs are kept")
+        forward(signum)  # a second one too: a child's second SIGINT stops it at once
+
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    pending = list(todo)
+    stop_at: float | None = None
+    try:
+        while (pending and not stops) or live:  # after a stop: no new runs, wait for the live ones
+            while pending and len(live) < n and not stops:
+                path = pending.pop(0)
+                log = logs / f"{path.name}.log"
+                with open(log, "ab") as fh:  # appended: a resumed run's log keeps the earlier attempt's
+                    fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} veil run --resume {path}\n".encode())
+                    fh.flush()
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "simulator.cli", "run", "--resume", str(path), *extra],
+                        stdin=subprocess.DEVNULL,
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own session: a terminal's Ctrl-C comes through us
+                        env=env,
+                    )
+                live[path] = (proc, time.monotonic())
+                _say(f"{path.name}: started (pid {proc.pid}, log {log})")
+            for path, (proc, t0) in list(live.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del live[path]
+                took = time.monotonic() - t0
+                if rc == 0:
+                    _say(f"{path.name}: done in {took:.1f} s")
+                elif stops and rc in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGKILL):
+                    stopped.append(path.name)
+                    _say(f"{path.name}: stopped after {took:.1f} s")
+                else:
+                    log = logs / f"{path.name}.log"
+                    failures.append(f"{path.name}: exit {rc} after {took:.1f} s; see {log}: {_tail(log)}")
+                    _say(f"{path.name}: failed (exit {rc}); see {log}")
+            if stops and stop_at is None:
+                stop_at = time.monotonic() + STOP_GRACE_S
+            if stop_at is not None and time.monotonic() > stop_at:
+                forward(signal.SIGKILL)  # a child that ignores the stop: its finished stages stay on disk
+                stop_at = float("inf")
+            time.sleep(0.2)
+    finally:
+        for proc, _ in live.values():  # only on an error of our own: no child outlives the sweep
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if stops:
+        raise SweepStopped(stops[0], stopped)
+    (root / SWEEP_FILE).touch()  # the newest sweep is the one that finished last, as run_sweep does
+    _say(f"sweep: {len(runs) - len(failures)} of {len(runs)} runs done in {time.monotonic() - t_sweep:.1f} s")
     return failures

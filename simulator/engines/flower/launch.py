@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from flwr.simulation import run_simulation
 
-from simulator import roles
+from simulator import cluster, roles
 from simulator.engines import Log, RunFailed
 from simulator.engines.flower.apps import make_client_app, make_server_app
 from simulator.rundir import RunDir
@@ -23,8 +24,8 @@ def backend_config(scenario: Scenario, ray_address: str | None, log: Log) -> dic
         log(f"[yellow]resources.num_gpus={gpus} but no CUDA device here; cpu_fallback: nodes get CPU only[/]")
         gpus = 0.0
     init_args: dict[str, object] = {"include_dashboard": False, "log_to_driver": False}
-    if ray_address:
-        init_args = {"address": ray_address}
+    if ray_address:  # simulate() joins the cluster first (simulator.cluster.connect); this is a fallback
+        init_args = {"address": ray_address, "log_to_driver": False}
     return {
         "client_resources": {"num_cpus": scenario.resources.num_cpus, "num_gpus": gpus},
         "init_args": init_args,
@@ -48,7 +49,11 @@ def simulate(run: RunDir, log: Log, ray_address: str | None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("flwr").addFilter(_KNOWN_DEPRECATION)  # added once: the same object
     failures: list[BaseException] = []
-    with warnings.catch_warnings():
+    logs: AbstractContextManager[None] = nullcontext()
+    if ray_address:  # joined before Flower's backend would (it reuses it); Ray's output to ray.log
+        cluster.connect(ray_address)
+        logs = cluster.ray_log_to(run.root / cluster.RAY_LOG)
+    with warnings.catch_warnings(), logs:
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app=make_server_app(run, log, failures),
