@@ -4,6 +4,7 @@ from its saved weights (the insider's knowledge)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Any
 
@@ -13,9 +14,11 @@ from torch import nn
 
 from entities import entity as E
 from entities.protections import Holdings, ProtectionKind, channels_of, make_protection
+from simulator import sealing
+from simulator.protocol import Sealed
 from simulator.schema import Entity, Scenario
 
-SHARED = "shared_protection"  # the name of the leader's shared part among the nets it hands out
+SHARED = "shared_protection"  # what the leader's shared part is called where it is sealed and relayed
 
 
 def protection_of(scenario: Scenario, name: str) -> ProtectionKind[Any]:
@@ -53,6 +56,36 @@ def train_shared(scenario: Scenario, nets: E.SharedNets, images: np.ndarray, lab
     seed = E.derive_seed(scenario.seed + leader.seed_offset, "shared-protection", leader.name)
     kind = make_protection(declared.protection)
     return kind.train_shared(holdings(scenario, leader, nets, images, labels), seed=seed)
+
+
+def holders(scenario: Scenario) -> list[str]:
+    """The entities that declared a shared protection: the leader seals its shared part to each of them."""
+    return [e.name for e in scenario.entities if make_protection(e.protection).shared]
+
+
+def shared_context(leader: str, holder: str) -> bytes:
+    """What a sealed shared part is bound to: who trained it, for whom."""
+    return f"{SHARED}|{leader}|{holder}".encode()
+
+
+def seal_shared(shared: nn.Module, leader: str, public_keys: dict[str, bytes]) -> list[Sealed]:
+    """The shared part's weights sealed to each holder: the server relays them and cannot use them (the
+    outsider, which gets F, C and R from the same server, never sees the obfuscator)."""
+    buffer = io.BytesIO()
+    torch.save(shared.state_dict(), buffer)
+    plain = buffer.getvalue()
+    digest = hashlib.sha256(plain).hexdigest()
+    return [
+        Sealed(holder, SHARED, sealing.seal(key, plain, shared_context(leader, holder)), digest)
+        for holder, key in public_keys.items()
+    ]
+
+
+def open_shared(identity: bytes, item: Sealed, leader: str, holder: str) -> dict[str, torch.Tensor]:
+    """The shared part's weights, opened by the holder it was sealed to."""
+    plain = sealing.open_sealed(identity, item.ciphertext, shared_context(leader, holder))
+    state: dict[str, torch.Tensor] = torch.load(io.BytesIO(plain), weights_only=True)
+    return state
 
 
 def rebuild(scenario: Scenario, name: str, nets: E.SharedNets, data: bytes) -> nn.Module:

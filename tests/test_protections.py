@@ -441,7 +441,22 @@ def test_the_shared_obfuscator_is_the_leaders_and_each_holder_rebuilds_its_own_p
     run = RunDir(protections_run)
     s = run.scenario()
     nets_states = run.load_nets()
-    assert P.SHARED in nets_states  # the leader trained it with F, C, R
+    assert set(nets_states) == {"featurizer", "decider", "reconstructor"}  # F, C, R go to every party
+    # the leader sealed its obfuscator to its two holders, and the server relayed only the ciphertext
+    sealed = [e for e in run.audit_events() if e["type"] == "sealed" and e["what"] == P.SHARED]
+    assert sorted((e["sender"], e["receiver"]) for e in sealed) == [
+        (s.leading_entity, "E7"),
+        (s.leading_entity, "E8"),
+    ]
+    assert sorted(p.name for p in (run.root / "relay").glob(f"*.{P.SHARED}.sealed")) == [
+        f"E7.{P.SHARED}.sealed",
+        f"E8.{P.SHARED}.sealed",
+    ]
+    for event in run.audit_events():  # in `poison` only its holders get sealed bytes; eve never does
+        if "sealed" in event.get("records", {}):
+            assert event["receiver"] != "eve", event
+            if event["type"] == "train.poison":
+                assert event["receiver"] in {"E7", "E8", "server"}, event
     nets = E.load_nets(s.backbone, s.reconstructor, s.dataset.side, 6, nets_states)  # type: ignore[arg-type]
     x = torch.randn(3, 64, 8, 8, generator=torch.Generator().manual_seed(0))
     holders = [P.rebuild(s, n, nets, (run.private_dir(n) / "dpm.pt").read_bytes()) for n in ("E7", "E8")]

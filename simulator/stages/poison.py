@@ -2,7 +2,7 @@
 it (Tables 1 and 2 for a DPM, Table 3 when the scenario compares protections; a grid of test images and
 their reconstructions in `figures/`), and publishes its protected ("poisoned") features with their labels
 to the pool. The protector stays in the entity's private directory; a shared protection's part comes from
-the leader with F, C and R (stage `pretrain`)."""
+the leader, sealed to the entity (stage `pretrain`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from entities.training import recording
 from simulator import cache
 from simulator import protection as P
 from simulator.pool import Pool
-from simulator.protocol import Payload, Publication, Record, Task
+from simulator.protocol import Payload, Publication, Record, Sealed, Task
 from simulator.roles import Role
 from simulator.schema import Adversary, Scenario
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
@@ -68,11 +68,12 @@ class Poison(Stage):
         arrays = {name: cache.to_numpy(nets[name]) for name in ("featurizer", "decider", "reconstructor")}
         tasks = []
         for p in server.of_role(Role.ENTITY):
-            mine = dict(arrays)
-            if P.protection_of(server.scenario, p).shared:  # the leader's part, to those who declared it
-                mine[P.SHARED] = cache.to_numpy(nets[P.SHARED])
+            sealed = []
+            if P.protection_of(server.scenario, p).shared:  # the leader's part, sealed to its holders
+                sealed = [Sealed(p, P.SHARED, server.run.sealed(p, P.SHARED), "")]
             config = {"publish_original": p in wanted_original}
-            tasks.append(Task(self.name, p, Payload(config=config, arrays=mine)))  # type: ignore[arg-type]
+            payload = Payload(config=config, arrays=arrays, sealed=sealed)  # type: ignore[arg-type]
+            tasks.append(Task(self.name, p, payload))
         return tasks
 
     def work(self, view: PartyView, task: Task) -> Payload:
@@ -87,7 +88,8 @@ class Poison(Stage):
             shared = kind.build(
                 channels_of(nets, s.dataset.side), P.holdings(s, entity, nets, images, labels)
             )
-            shared.load_state_dict(cache.to_torch(task.payload.arrays[P.SHARED]))
+            (item,) = (x for x in task.payload.sealed if x.what == P.SHARED)
+            shared.load_state_dict(P.open_shared(view.identity(), item, s.leading_entity, view.name))
         with recording() as curves:
             dpm = kind.train(P.holdings(s, entity, nets, images, labels, shared), seed=seed)
         buffer = io.BytesIO()

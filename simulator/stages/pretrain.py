@@ -10,7 +10,7 @@ from entities import entity as E
 from entities.training import recording
 from simulator import cache
 from simulator import protection as P
-from simulator.protocol import Payload, Record, Task
+from simulator.protocol import ConfigValue, Payload, Record, Task
 from simulator.roles import Role
 from simulator.schema import Scenario
 from simulator.stages.base import Server, Stage, curve_records, register, write_curves
@@ -35,7 +35,11 @@ class Pretrain(Stage):
     roles = frozenset({Role.ENTITY})
 
     def plan(self, server: Server) -> list[Task]:
-        return [Task(self.name, server.scenario.leading_entity)]
+        holders = P.holders(server.scenario)
+        config: dict[str, ConfigValue] = {}
+        if holders:  # (Flower's records hold no empty list)
+            config = {"holders": holders, "public_keys": [server.public_keys[h] for h in holders]}
+        return [Task(self.name, server.scenario.leading_entity, Payload(config=config))]
 
     def work(self, view: PartyView, task: Task) -> Payload:
         s = view.scenario
@@ -57,18 +61,24 @@ class Pretrain(Stage):
         nets = E.SharedNets(featurizer, decider, recon)
         acc = E.evaluate(featurizer, decider, data.task_test)
         arrays = {name: cache.to_numpy(state) for name, state in nets.state_dicts().items()}
+        sealed = []
         if P.shared_declaration(s) is not None:
             shared = P.train_shared(s, nets, *own_partition(view))
-            arrays[P.SHARED] = cache.to_numpy(shared.state_dict())
+            holders, keys = task.payload.config["holders"], task.payload.config["public_keys"]
+            assert isinstance(holders, list) and isinstance(keys, list)
+            public_keys = {str(h): k for h, k in zip(holders, keys, strict=True) if isinstance(k, bytes)}
+            sealed = P.seal_shared(shared, view.name, public_keys)
         return Payload(
             arrays=arrays,
+            sealed=sealed,
             metrics={**acc, "classifier_s": t1 - t0, "reconstructor_s": t2 - t1},
             records=curve_records("F+C", view.name, fc_curves) + curve_records("R", view.name, r_curves),
         )
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
-        names = [*SHARED_NETS, *([P.SHARED] if P.SHARED in reply.arrays else [])]
-        server.run.save_nets({name: cache.to_torch(reply.arrays[name]) for name in names})
+        server.run.save_nets({name: cache.to_torch(reply.arrays[name]) for name in SHARED_NETS})
+        for item in reply.sealed:  # the shared protection, kept for `poison` as the ciphertext it is
+            server.run.keep_sealed(item.recipient, item.what, item.ciphertext)
         write_curves(server, f"{self.name}-{task.party}", reply.records)
         for metric in ("top1", "top5", "classifier_s", "reconstructor_s"):
             server.records.append(Record("pretrain", None, "F+C", task.party, metric, reply.number(metric)))
