@@ -209,6 +209,11 @@ def _smoke_run(runs: Runs) -> Path:
     return _finished(runs.run("smoke_run", [str(SMOKE), "--out", str(runs.root / "smoke_run")]))
 
 
+def _inline_smoke_run(runs: Runs) -> Path:
+    out = runs.root / "inline_smoke_run"
+    return _finished(runs.run("inline_smoke_run", [str(SMOKE), "--engine", "inline", "--out", str(out)]))
+
+
 def _repeat_run(runs: Runs) -> Path:
     return _finished(runs.run("repeat_run", [str(SMOKE), "--out", str(runs.root / "repeat_run")]))
 
@@ -342,6 +347,8 @@ def _attacks_run(runs: Runs) -> Path:
     data = yaml.safe_load(SMOKE.read_text())
     data["name"] = "smoke-every-attack"
     data["adversaries"] = EVERY_ATTACK
+    data.pop("fedavg")  # the attack stages are what this run is for
+    data["collaboration"] = [row for row in data["collaboration"] if row["label"] == "E1 + E2 poisoned"]
     path = runs.root / "every-attack.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return _finished(runs.run("attacks_run", [str(path), "--out", str(runs.root / "attacks_run")]))
@@ -349,6 +356,7 @@ def _attacks_run(runs: Runs) -> Path:
 
 JOBS: dict[str, Callable[[Runs], Any]] = {
     "smoke_run": _smoke_run,
+    "inline_smoke_run": _inline_smoke_run,
     "attacks_run": _attacks_run,
     "owner_only_run": _owner_only_run,
     "repeat_run": _repeat_run,
@@ -374,6 +382,12 @@ def veil_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def smoke_run(veil_runs: Runs) -> Path:
     """The run directory of one uninterrupted `veil run scenarios/smoke.yaml`. Read it, never change it."""
     return veil_runs.result("smoke_run")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def inline_smoke_run(veil_runs: Runs) -> Path:
+    """The same scenario with `--engine inline`. Read it, never change it."""
+    return veil_runs.result("inline_smoke_run")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

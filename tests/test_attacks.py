@@ -49,11 +49,11 @@ CODE_ATTACKS = {
 }
 # cheap options for the "every attack runs" tests
 CHEAP: dict[str, dict[str, Any]] = {
-    "reconstructor-family": {"variants": ["paper R", "residual", "x4 upscale"], "epochs": 2, "min_steps": 20},
+    "reconstructor-family": {"variants": ["paper R", "residual", "x4 upscale"], "epochs": 1, "min_steps": 8},
     "surrogate-dpm": {"epochs": 2, "min_steps": 20, "surrogates": 2},
     "surrogate-dpm-insider": {"epochs": 2, "min_steps": 20},
     "protection-holder": {"epochs": 2, "min_steps": 20},
-    "feature-alignment": {"steps": 20, "decoder_epochs": 2},
+    "feature-alignment": {"steps": 8, "decoder_epochs": 1},
     "known-pairs": {"ns": [4, 16], "epochs": 2, "min_steps": 10},
     "support-detector": {"steps": 100},
     "support-detector-curious": {"steps": 100},

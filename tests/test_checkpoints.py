@@ -166,7 +166,7 @@ def test_a_run_killed_mid_fit_resumes_mid_fit_with_the_same_results(
     from test_trust import result_files
 
     data = yaml.safe_load((ROOT / "scenarios" / "smoke.yaml").read_text())
-    for section in ("data_owner", "adversaries"):
+    for section in ("data_owner", "adversaries", "fedavg"):
         data.pop(section)
     data["entities"] = data["entities"][:2]
     data["collaboration"] = [row for row in data["collaboration"] if row["label"] == "E1 + E2 poisoned"]

@@ -572,8 +572,6 @@ def test_resume_refusal_in_a_subprocess(tmp_path):
     assert tree(tmp_path) == before
 
 
-
-
 @pytest.mark.parametrize(
     ("split", "side"), [("conv2_x", 32), ("conv3_x", 40), ("conv3_x", 36), ("conv4_x", 40)]
 )

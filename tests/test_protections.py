@@ -278,6 +278,7 @@ def tiny_protections_scenario() -> dict[str, Any]:
     leader's obfuscator), one refined row, no data owner, an outsider and a holder of the obfuscator."""
     data = yaml.safe_load(SMOKE.read_text())
     data.pop("data_owner")
+    data.pop("fedavg")  # not a protection's concern
     data["name"] = "protections-smoke"
     protections = [
         None,

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from conftest import BROKEN_PARTY, CORRUPT_SHARD, EARLIER_STAGES, BrokenResume, KilledRun, result_records
 from PIL import Image
@@ -133,6 +134,7 @@ def test_smoke_end_to_end(smoke_run: Path) -> None:
         assert width > 8 * (side + 2), (name, image.size)  # eight images, and a label left of each row
 
 
+@pytest.mark.slow  # a third smoke run; the inline run gives the Flower run's records (test_structure)
 def test_same_seed_same_metrics(smoke_run: Path, repeat_run: Path) -> None:
     assert repeat_run != smoke_run
     first, second = metrics(smoke_run), metrics(repeat_run)

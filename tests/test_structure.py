@@ -25,7 +25,6 @@ from entities.datasets import load_dataset
 from entities.files import write_atomic
 from reports.runs import load_run
 from simulator import sealing
-from simulator.cli import main
 from simulator.pool import Pool
 from simulator.roles import Party, Role, parties
 from simulator.rundir import RunDir
@@ -187,9 +186,8 @@ def test_each_process_builds_the_dataset_once(smoke_run: Path) -> None:
 # --- engines and stages --------------------------------------------------------------------
 
 
-def test_the_inline_engine_gives_the_flower_engines_results(smoke_run: Path, tmp_path: Path) -> None:
-    assert main(["run", str(SMOKE), "--engine", "inline", "--out", str(tmp_path)]) == 0
-    (inline,) = tmp_path.iterdir()
+def test_the_inline_engine_gives_the_flower_engines_results(smoke_run: Path, inline_smoke_run: Path) -> None:
+    inline = inline_smoke_run
     assert records_without_timings(inline) == records_without_timings(smoke_run)
     for unit in ("prepare", "poison", "table", "refine-row01"):  # the same bytes, file by file
         for path in (smoke_run / "results").glob(f"{unit}*.jsonl"):

@@ -27,9 +27,10 @@ SMOKE = ROOT / "scenarios" / "smoke.yaml"
 def tiny_scenario(path: Path) -> Path:
     data = yaml.safe_load(SMOKE.read_text())
     data["name"] = "tiny"
-    data.pop("data_owner")
-    data.pop("adversaries")
-    data["collaboration"] = [data["collaboration"][i] for i in (0, 3, 4)]
+    for section in ("data_owner", "adversaries", "fedavg"):
+        data.pop(section)
+    data["entities"] = [e for e in data["entities"] if "protection" not in e]  # the four DPM entities
+    data["collaboration"] = [data["collaboration"][i] for i in (3, 4)]  # pooled rows (no raw training)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -58,13 +59,6 @@ def seed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     scenario = tiny_scenario(tmp / "tiny.yaml")
     out = tmp / "runs"
     assert main(["run", str(scenario), "--seeds", "0-2", "--engine", "inline", "--out", str(out)]) == 0
-    return only_child(out)
-
-
-@pytest.fixture(scope="module")
-def smoke_inline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("smoke-inline")
-    assert main(["run", str(SMOKE), "--engine", "inline", "--out", str(out)]) == 0
     return only_child(out)
 
 
@@ -163,6 +157,7 @@ def test_compare_and_report_read_the_sweep(seed_sweep: Path, capsys: pytest.Capt
     assert (seed_sweep / "report" / "training-dpm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # two more runs: the seed sweep covers runs and report; the parsing is tested above
 def test_a_list_valued_set_sweeps_one_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tiny_scenario(tmp_path / "tiny.yaml")
     out = tmp_path / "runs"
@@ -192,9 +187,9 @@ def smoke_curves(run: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
     return curves
 
 
-def test_every_net_of_the_smoke_scenario_has_a_training_curve(smoke_inline: Path) -> None:
+def test_every_net_of_the_smoke_scenario_has_a_training_curve(inline_smoke_run: Path) -> None:
     scenario = load_scenario(SMOKE)
-    curves = smoke_curves(smoke_inline)
+    curves = smoke_curves(inline_smoke_run)
     leader = scenario.leading_entity
     dpms = {("DPM", e.name) for e in scenario.entities if e.protection.uses_dpm()}
     expected = {("F+C", leader), ("R", leader)} | dpms
@@ -213,21 +208,21 @@ def test_every_net_of_the_smoke_scenario_has_a_training_curve(smoke_inline: Path
         epochs = [e for e, _ in points]
         assert epochs == list(range(1, len(points) + 1)), key
     # the curves are their own result units: the stages' own result files hold no training records
-    for path in (smoke_inline / "results").glob("*.jsonl"):
+    for path in (inline_smoke_run / "results").glob("*.jsonl"):
         tables = {json.loads(line)["table"] for line in path.read_text().splitlines() if line.strip()}
         assert (tables == {"training"}) == path.name.startswith("training-"), path.name
 
 
 def test_training_losses_are_finite_and_a_diverged_net_is_warned_about(
-    smoke_inline: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inline_smoke_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The curves found that smoke's refined deciders diverged (a NaN loss, top-1 at chance) while C had
     one epoch of pre-training: its BatchNorm statistics were still far from its features'. The smoke
     scenario now pre-trains at least 60 steps; a diverged net is still warned about."""
-    curves = smoke_curves(smoke_inline)
+    curves = smoke_curves(inline_smoke_run)
     assert all(math.isfinite(v) for points in curves.values() for _, v in points)
     run = tmp_path / "run"
-    shutil.copytree(smoke_inline, run)
+    shutil.copytree(inline_smoke_run, run)
     path = run / "results" / "training-refine-row05.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     lines[0]["value"] = float("nan")
