@@ -13,9 +13,10 @@ Prints, per engine, the timeline (the median over runs of each event's seconds s
 row with the seconds since the row before and what ran in them: the interpreter's start; importing the
 CLI; validation (simulator.preflight.check_new_run); importing the launcher (torch, the stages); the run
 directory (RunDir.create, with the manifest's versions and hardware); importing flwr and Ray; Ray's start
-(ray.init); Flower's (the simulation runtime, the actor pool); the ServerApp's wait for the nodes to
-register; the `query.whoami` round (each node's process loads the scenario and its key); the first
-task's dispatch and start on its node (the manifest's `tasks`). Then the machine's load.
+(ray.init); Flower's actor pool; the ServerApp's wait for the nodes to register; the `query.whoami`
+round, answered once Ray's actors are up (each imports torch and the simulator, loads the scenario and
+its party's key); the first task's dispatch and start on its node (the manifest's `tasks`). Events of
+two threads (the ServerApp's, Flower's runtime) interleave. Then the machine's load.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def _timed(owner: Any, attr: str, label: str) -> None:
 class _OnImport(importlib.abc.MetaPathFinder):
     """Time each named module's import and patch it as soon as it has run, before anyone uses it."""
 
-    def __init__(self, hooks: dict[str, Callable[[ModuleType], None]]):
+    def __init__(self, hooks: dict[str, Callable[[ModuleType], None]], timed: set[str]):
         self.hooks = hooks
+        self.timed = timed  # the modules whose import is an event
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         if name not in self.hooks:
@@ -85,11 +87,14 @@ class _OnImport(importlib.abc.MetaPathFinder):
             return spec
         loader: Any = spec.loader
         exec_module = loader.exec_module
-        _event(f"import {name}")
+        timed = name in self.timed
+        if timed:
+            _event(f"import {name}")
 
         def exec_and_patch(module: ModuleType) -> None:
             exec_module(module)
-            _event(f"import {name} done")
+            if timed:
+                _event(f"import {name} done")
             hook(module)
 
         loader.exec_module = exec_and_patch
@@ -120,14 +125,15 @@ def child(argv: list[str]) -> int:
                 "simulator.launcher": patch(("start_run", "start_run")),
                 "simulator.rundir": patch(("RunDir.create", "run directory")),
                 "simulator.engines.flower.launch": lambda m: None,
-                "ray": patch(("init", "Ray start (ray.init)")),
                 "flwr.server.superlink.fleet.vce.backend.raybackend": patch(
-                    ("RayBackend.build", "Flower's actor pool")
+                    ("RayBackend.init_ray", "Ray start (ray.init)"),
+                    ("RayBackend.build", "Flower's actor pool"),
                 ),
                 "flwr.simulation.run_simulation": patch(("run_serverapp_th", "ServerApp thread")),
                 "simulator.engines.flower.session": patch(("FlowerSession.discover", "discover nodes")),
                 "simulator.engines.inline": patch(("InlineSession.discover", "discover nodes")),
-            }
+            },
+            {"simulator.cli", "simulator.launcher", "simulator.engines.flower.launch"},
         ),
     )
     from simulator.cli import main
@@ -146,11 +152,13 @@ SPENT = {
     "run directory done": "make the run directory (manifest: versions, hardware)",
     "import simulator.engines.flower.launch done": "import flwr and Ray",
     "Ray start (ray.init) done": "start Ray (ray.init)",
-    "Flower's actor pool done": "Flower's Ray actor pool",
+    "Flower's actor pool done": "Flower's Ray actor pool (the actors start in the background)",
+    "ServerApp thread done": "start the ServerApp's thread",
     "first whoami sent": "the nodes register (the ServerApp waits for all)",
-    "last whoami reply": "query.whoami: each node loads the scenario and its key",
+    "last whoami reply": "query.whoami answered: the nodes' processes start, load the scenario, a key",
     "first task sent": "the server plans the first stage",
     "first task started": "the task reaches its node",
+    "discover nodes": "the server's loop starts",
 }
 
 
