@@ -9,14 +9,15 @@ happens where `veil run` does it) and then runs the CLI as `veil run` would. Onc
 done its session is killed: only the start-up is timed. The engines alternate so that load hits both
 alike.
 
-Prints, per engine, the timeline (the median over runs of each event's seconds since the launch), each
-row with the seconds since the row before and what ran in them: the interpreter's start; importing the
-CLI; validation (simulator.preflight.check_new_run); importing the launcher (torch, the stages); the run
-directory (RunDir.create, with the manifest's versions and hardware); importing flwr and Ray; Ray's start
-(ray.init); Flower's actor pool; the ServerApp's wait for the nodes to register; the `query.whoami`
-round, answered once Ray's actors are up (each imports torch and the simulator, loads the scenario and
-its party's key); the first task's dispatch and start on its node (the manifest's `tasks`). Events of
-two threads (the ServerApp's, Flower's runtime) interleave. Then the machine's load.
+Prints, per engine, the timeline (the median over runs of each event's seconds since the launch, and
+the fastest and slowest run's), each row with the seconds since the row before and what ran in them:
+the interpreter's start; importing the CLI; validation (simulator.preflight.check_new_run); importing
+the launcher (torch, the stages); the run directory (RunDir.create, with the manifest's versions and
+hardware); importing flwr and Ray; Ray's start (ray.init); Flower's actor pool; the ServerApp's wait for
+the nodes to register; the `query.whoami` round, answered once Ray's actors are up (each imports torch
+and the simulator, loads the scenario and its party's key); the first task's dispatch and start on its
+node (the manifest's `tasks`). Events of two threads (the ServerApp's, Flower's runtime) interleave.
+Then the machine's load.
 """
 
 from __future__ import annotations
@@ -254,14 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\n{engine}: {args.scenario.name}, median of {len(runs)} runs; seconds since `veil run` launched"
         )
-        print(f"{'at s':>7} {'+ s':>6}  {'event':<46} what ran since the row before")
+        print(f"{'at s':>7} {'+ s':>6} {'runs s':>13}  {'event':<46} what ran since the row before")
         before = 0.0
         for name in sorted(times, key=lambda n: times[n]):
             if name == "launched":
                 continue
             at = times[name]
             spent = SPENT.get(name, "(between)" if not name.endswith(" done") else name.removesuffix(" done"))
-            print(f"{at:7.2f} {at - before:6.2f}  {name:<46} {spent}")
+            low, high = min(r[name] for r in runs), max(r[name] for r in runs)
+            print(f"{at:7.2f} {at - before:6.2f} {low:6.2f}-{high:<6.2f}  {name:<46} {spent}")
             before = at
         print(f"first task at {times['first task started']:.2f} s")
     print(f"\nload: {os.getloadavg()}")
