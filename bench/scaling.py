@@ -13,9 +13,10 @@ constant per row), and most of pretraining (--pretrain-steps, default 20 instead
 Each run is a subprocess in its own session; the resident memory of every process in that session
 (the driver, Ray's processes, the actors) is sampled every --every seconds, as RSS (shared pages counted
 in each process) and PSS (shared pages split between them; /proc/PID/smaps_rollup). Prints, per N:
-wall time, seconds to the first task (manifest `tasks`), task-seconds, peak RSS and PSS of the tree; then
-least-squares fits of log(wall) and log(peak PSS) on log(N) (the exponent: 1 is linear growth), and of
-wall on N (seconds per entity); the machine's load.
+wall time, seconds to the first task (manifest `tasks`), task-seconds, peak RSS and PSS of the tree (and
+the largest processes at the PSS peak, by the kernel's name for them); then least-squares fits of
+log(wall) and log(peak PSS) on log(N) (the exponent: 1 is linear growth), and of wall on N (seconds per
+entity); the machine's load.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def scenario_for(n: int, args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-def session_memory(sid: int) -> tuple[int, int]:
-    """(RSS, PSS) in bytes, summed over the live processes of session `sid`."""
+def session_memory(sid: int) -> tuple[int, int, list[tuple[int, str]]]:
+    """(RSS, PSS) in bytes, summed over the live processes of session `sid`, and each one's (PSS, name)."""
     rss = pss = 0
+    each = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
@@ -73,11 +75,14 @@ def session_memory(sid: int) -> tuple[int, int]:
             rss += int((stat.parent / "statm").read_text().split()[1]) * PAGE
             for line in (stat.parent / "smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    pss += int(line.split()[1]) * 1024
+                    mine = int(line.split()[1]) * 1024
+                    pss += mine
+                    name = text[text.index("(") + 1 : text.rindex(")")]
+                    each.append((mine, f"{name} (the driver)" if int(stat.parent.name) == sid else name))
                     break
         except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
-    return rss, pss
+    return rss, pss, each
 
 
 def run_once(path: Path, engine: str, out: Path, every: float) -> dict[str, Any]:
@@ -88,8 +93,11 @@ def run_once(path: Path, engine: str, out: Path, every: float) -> dict[str, Any]
         cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     peak_rss = peak_pss = 0
+    at_peak: list[tuple[int, str]] = []
     while proc.poll() is None:
-        rss, pss = session_memory(proc.pid)
+        rss, pss, each = session_memory(proc.pid)
+        if pss > peak_pss:
+            at_peak = each
         peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(every)
     wall = time.time() - launched
@@ -110,6 +118,7 @@ def run_once(path: Path, engine: str, out: Path, every: float) -> dict[str, Any]
         "tasks": len(tasks),
         "rss": peak_rss / 2**20,
         "pss": peak_pss / 2**20,
+        "at_peak": sorted(at_peak, reverse=True),
     }
 
 
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['rss']:8.0f} {r['pss']:8.0f}  {load}",
             flush=True,
         )
+        top = ", ".join(f"{name} {b / 2**20:.0f}" for b, name in r["at_peak"][:4])
+        print(f"      at the peak: {len(r['at_peak'])} processes; the largest (PSS MiB): {top}", flush=True)
     if len(rows) > 1:
         logn = [math.log(n) for n, _ in rows]
         for what, unit in (("wall", "s"), ("task_s", "s"), ("pss", "MiB"), ("rss", "MiB")):
