@@ -19,7 +19,11 @@ only the tasks are compared. Prints:
   it the share the plan allows (each stage waits for its last task; a party runs one task at a time;
   no more tasks at once than workers), so that what the plan leaves idle is not blamed on the carrier;
   the same per party (one SuperNode each);
+- Flower's task runs split by whether another task ran beside them: on a machine with few cores the
+  tasks that share it run slower than the inline engine's, which had it to itself;
 - the machine's load.
+
+--again DIR reads the runs an earlier --out DIR kept, and runs nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("flower", "inline")
+TIMES = "times.json"  # beside each kept run: when this script launched it and saw it exit
+ALONE = 0.1  # a task that shared at most this share of its time with another task "ran alone"
 Key = tuple[str, str, str]  # (stage, party, key)
 
 
@@ -64,9 +70,27 @@ def run_once(scenario: Path, engine: str, out: Path, overrides: list[str]) -> di
         pass
     if proc.returncode != 0:
         raise SystemExit(f"veil run --engine {engine} failed ({proc.returncode}):\n{output.decode()[-3000:]}")
-    (run_dir,) = out.iterdir()
+    (out / TIMES).write_text(json.dumps({"launched": launched, "exited": exited}))
+    return read_run(out)
+
+
+def read_run(out: Path) -> dict[str, Any]:
+    """A run kept under `out` (run_once's): its manifest, and when it was launched and exited if known."""
+    (run_dir,) = (p for p in out.iterdir() if p.is_dir())
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    return {"launched": launched, "exited": exited, "manifest": manifest, "dir": run_dir}
+    times = json.loads((out / TIMES).read_text()) if (out / TIMES).exists() else {}
+    return {**times, "manifest": manifest, "dir": run_dir}
+
+
+def shared_share(task: dict[str, Any], tasks: list[dict[str, Any]]) -> float:
+    """The share of a task's time during which another task of the same run ran too."""
+    own = task["finished"] - task["started"]
+    together = sum(
+        max(0.0, min(task["finished"], t["finished"]) - max(task["started"], t["started"]))
+        for t in tasks
+        if t is not task
+    )
+    return min(1.0, together / own) if own > 0 else 0.0
 
 
 def tasks_of(manifest: dict[str, Any]) -> dict[Key, dict[str, Any]]:
@@ -125,12 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="as veil run --set, for both engines")
     parser.add_argument("--tasks", action="store_true", help="list every task, not only each stage")
     parser.add_argument("--out", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--again", type=Path, default=None, help="run nothing: read an earlier --out")
     args = parser.parse_args(argv)
     scenario = args.scenario.resolve()
-    out = args.out or Path(tempfile.mkdtemp(prefix="veil-overhead-"))
+    out = args.again or args.out or Path(tempfile.mkdtemp(prefix="veil-overhead-"))
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in ENGINES}
     print(f"load before: {os.getloadavg()}", flush=True)
-    for i in range(args.repeat):
+    if args.again:
+        for engine in ENGINES:
+            runs[engine] = [read_run(d) for d in sorted(args.again.glob(f"{engine}-*"))]
+    for i in range(0 if args.again else args.repeat):
         for engine in ENGINES if i % 2 == 0 else ENGINES[::-1]:
             run = run_once(scenario, engine, out / f"{engine}-{i + 1}", args.set)
             runs[engine].append(run)
@@ -163,11 +191,35 @@ def main(argv: list[str] | None = None) -> int:
                 a, b = seconds["inline"][k], seconds["flower"][k]
                 print(f"    {k[1]:<8} {k[2][:28]:<28} {a:8.3f} {b:8.3f} {b / max(a, 1e-6):6.3f}")
     print("ratio: flower / inline task-seconds (target at most 1.10)")
+    # Flower's workers run tasks at once, on cores the inline engine had to itself: split its tasks by
+    # whether another task ran beside them
+    split: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for run in runs["flower"]:
+        tasks = list(tasks_of(run["manifest"]).items())
+        for key, t in tasks:
+            if key in seconds["inline"]:
+                alone = shared_share(t, [u for _, u in tasks]) <= ALONE
+                split[alone].append((seconds["inline"][key], t["finished"] - t["started"]))
+    for alone, pairs in split.items():
+        if pairs:
+            inl, flo = sum(a for a, _ in pairs), sum(b for _, b in pairs)
+            what = (
+                f"alone (another task beside it at most {ALONE:.0%} of its time)"
+                if alone
+                else "beside another"
+            )
+            print(
+                f"  flower tasks that ran {what}: {len(pairs)} task runs, {flo:.2f} s against inline "
+                f"{inl:.2f} s, ratio {flo / inl:.3f}"
+            )
 
     print("\nstart-up and shutdown (s; median over runs)")
     print(f"{'engine':<7} {'to first task':>13} {'after last task':>15} {'wall':>7}")
     for engine, done in runs.items():
-        figures = [busy(r) | r for r in done]
+        figures = [busy(r) | r for r in done if "launched" in r]
+        if not figures:
+            print(f"{engine:<7} (its launch and exit times were not kept)")
+            continue
         start = statistics.median(f["first"] - f["launched"] for f in figures)
         stop = statistics.median(f["exited"] - f["last"] for f in figures)
         wall = statistics.median(f["exited"] - f["launched"] for f in figures)
