@@ -2,7 +2,7 @@
 
 A run directory (simulator/rundir.py) holds:
     scenario.yaml       the resolved scenario
-    manifest.json       seed, versions, hardware, stages {name: {status, wall_s}}
+    manifest.json       seed, versions, hardware, stages {name: {status, wall_s, tasks}}
     results/*.jsonl     flat records, one JSON object a line: table, row, label, entity, metric, value
 
 A sweep directory holds one run directory per run, and optionally sweep.json:

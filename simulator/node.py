@@ -7,6 +7,7 @@ code never sees the run root. What a node loaded stays loaded (simulator.cache).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,9 @@ from simulator.views import Forbidden, PartyView
 EXPECTED, WROTE = "expected", "wrote"  # the task's and the reply's digest lists (simulator.engines)
 # What a reply says of the node that ran the task, for the manifest (simulator.engines.drive).
 NODE_FACTS = ("node_torch_threads", "node_torch_interop_threads", "node_pid")
+# When the node began and ended the task (its wall clock, time.time()): the manifest's per-task timings
+# (simulator.engines.drive), measured here so that both engines time the same span.
+NODE_TIMES = ("node_started", "node_finished")
 RESUMED = "resumed_fits"  # "FIT:NET:EPOCH" for each fit that went on from an earlier attempt's checkpoint
 
 
@@ -35,6 +39,7 @@ def hello(root: Path, name: str) -> Payload:
 
 def handle(root: Path, name: str, task: Task) -> Payload:
     """Run one task as party `name`, with only that party's view of the run."""
+    started = time.time()  # before the scenario and the dataset load: a cold node pays them in its task
     scenario = scenario_of(root)
     party = roles.party(scenario, name)
     if task.party != name:
@@ -61,4 +66,5 @@ def handle(root: Path, name: str, task: Task) -> Payload:
     reply.config.update(zip(NODE_FACTS, facts, strict=True))
     if view.wrote:  # what the party keeps, as digests: the server records them, never the files
         reply.config[WROTE] = [f"{where}={sha}" for where, sha in sorted(view.wrote.items())]
+    reply.config.update(zip(NODE_TIMES, (started, time.time()), strict=True))
     return reply

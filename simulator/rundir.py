@@ -377,7 +377,8 @@ class RunDir:
         **extra: Any,
     ) -> None:
         """Record a stage's status, the digests of the files it left, and what each party's node reported
-        of itself (torch threads, pid; the latest report wins), in the same atomic write."""
+        of itself (torch threads, pid; the latest report wins), in the same atomic write. `extra` holds
+        the rest, such as `tasks` (each task's party, key, and start and end on its node: drive)."""
         data = self.manifest()
         entry = data["stages"].setdefault(stage, {})
         entry.update(status=status, wall_s=round(wall_s, 3), at=time.strftime("%Y-%m-%dT%H:%M:%S"), **extra)

@@ -242,9 +242,9 @@ def test_audit_shows_keys_crossed_only_sealed(smoke_run: Path) -> None:
             if record["kind"] == "config" and event["type"] in owner_stages:
                 # which stage and party, and the users' public keys to seal to: nothing else
                 # (and the digests of files a party wrote or expects: never their content; and what the
-                # node says of itself: its torch threads and pid)
+                # node says of itself: its torch threads, pid, and when it began and ended the task)
                 allowed = {"run_dir", "stage", "party", "key", "users", "public_keys", "expected", "wrote"}
-                allowed |= set(node.NODE_FACTS)
+                allowed |= set(node.NODE_FACTS) | set(node.NODE_TIMES)
                 assert set(record["keys"]) <= allowed, event
             if record["kind"] == "sealed":  # keys travel sealed: from the owner, to their user
                 assert (event["type"], event["sender"]) in {

@@ -19,7 +19,7 @@ from typing import Protocol
 from entities.registry import Registry
 from simulator import roles
 from simulator.federation import Federation, FederationResult
-from simulator.node import EXPECTED, NODE_FACTS, RESUMED, WROTE
+from simulator.node import EXPECTED, NODE_FACTS, NODE_TIMES, RESUMED, WROTE
 from simulator.pool import Pool, PoolError
 from simulator.protocol import Payload, Record, Task
 from simulator.rundir import RunDir
@@ -124,11 +124,14 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
         collected: dict[int, list[Record]] = {}
         digests: dict[str, str] = {}
         nodes: dict[str, dict[str, int]] = {}
+        timings: list[dict[str, object]] = []
 
         def on_reply(task: Task, reply: Payload) -> None:
             digests.update(audit_reply(server, task, reply))  # noqa: B023 - within this iteration
             if facts := node_facts(reply):
                 nodes[task.party] = facts  # noqa: B023 - within this iteration
+            if timing := task_timing(task, reply):
+                timings.append(timing)  # noqa: B023 - within this iteration
             server.records = []
             stage.collect(server, task, reply)  # noqa: B023 - called within this iteration only
             collected[order[id(task)]] = server.records  # noqa: B023
@@ -148,11 +151,16 @@ def drive(run: RunDir, session: Session, log: Log) -> None:
                 for party, reply in [*done.train, (federation.evaluator, done.evaluate)]:
                     task = Task(stage.name, party, key=f"round {done.number}")
                     digests.update(audit_reply(server, task, reply))
+                    # the evaluator may train in the same round: its evaluation is a task of its own
+                    evaluated = reply is done.evaluate
+                    timed = Task(stage.name, party, key=f"{task.key} evaluate") if evaluated else task
+                    if timing := task_timing(timed, reply):
+                        timings.append(timing)
             stage.federated(server, result)
         stage.finish(server)
         wall = time.monotonic() - t0
         run.sync_audit()  # the stage's audit lines are on disk before the stage is marked done
-        run.mark_stage(stage.name, status="done", wall_s=wall, digests=digests, nodes=nodes)
+        run.mark_stage(stage.name, status="done", wall_s=wall, digests=digests, nodes=nodes, tasks=timings)
         log(f"[bold]{stage.name}[/]: finished in {wall:.1f} s")
 
 
@@ -164,6 +172,16 @@ def node_facts(reply: Payload) -> dict[str, int]:
         if isinstance(value, int) and not isinstance(value, bool):
             out[key.removeprefix("node_")] = value
     return out
+
+
+def task_timing(task: Task, reply: Payload) -> dict[str, object] | None:
+    """When the party's node began and ended a task, by its clock (simulator.node.NODE_TIMES), for the
+    stage's `tasks` in the manifest: {party, key, started, finished, pid}. None if the reply lacks them."""
+    started, finished = (reply.config.get(key) for key in NODE_TIMES)
+    if not all(isinstance(t, float) for t in (started, finished)):
+        return None
+    pid = reply.config.get("node_pid")
+    return {"party": task.party, "key": task.key, "started": started, "finished": finished, "pid": pid}
 
 
 def audit_now(run: RunDir, event_type: str, **fields: object) -> None:

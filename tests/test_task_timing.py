@@ -1,0 +1,67 @@
+"""Each task's start and end on its node, in the manifest (`stages.<name>.tasks`), under both engines.
+
+The Flower engine's record is read from conftest's smoke run; the inline engine's from a `prepare`
+stage run in this process. bench/overhead.py pairs the two by (stage, party, key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conftest import SMOKE
+
+from simulator.engines.inline import run_inline
+from simulator.rundir import RunDir
+from simulator.schema import load_scenario
+from simulator.stages import RUN_ORDER
+
+
+def tasks_sent(events: list[dict[str, Any]], stage: str) -> Counter[str]:
+    """The tasks the server sent in a stage, by receiving party (its audit lines)."""
+    types = {f"train.{stage}"} | ({"train", "evaluate"} if stage == "fedavg" else set())
+    return Counter(e["receiver"] for e in events if e["type"] in types and e.get("sender") == "server")
+
+
+def check_tasks(entry: dict[str, Any], sent: Counter[str], window: tuple[float, float]) -> None:
+    tasks = entry["tasks"]
+    assert Counter(t["party"] for t in tasks) == sent, (tasks, sent)
+    assert len({(t["party"], t["key"]) for t in tasks}) == len(tasks), tasks  # pairs name one task
+    for t in tasks:
+        assert window[0] <= t["started"] <= t["finished"] <= window[1], (t, window)
+        assert isinstance(t["pid"], int), t
+    for party in sent:  # a node runs one task at a time
+        spans = sorted((t["started"], t["finished"]) for t in tasks if t["party"] == party)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (party, spans)
+
+
+def test_the_flower_run_times_each_task_on_its_node(smoke_run: Path) -> None:
+    run = RunDir(smoke_run)
+    events = run.audit_events()
+    window = (events[0]["t"] - 1, events[-1]["t"] + 1)  # audit times are rounded to ms
+    driver = json.loads((smoke_run / ".lock").read_text())["pid"]
+    stages = run.manifest()["stages"]
+    timed = [name for name in RUN_ORDER if tasks_sent(events, name)]
+    assert {"prepare", "pretrain", "poison", "refine", "fedavg"} <= set(timed), timed
+    for name in timed:
+        check_tasks(stages[name], tasks_sent(events, name), window)
+        assert all(t["pid"] != driver for t in stages[name]["tasks"]), name  # Ray actors ran them
+    fedavg = {t["key"] for t in stages["fedavg"]["tasks"]}
+    assert {"round 1", "round 2", "round 1 evaluate", "round 2 evaluate"} == fedavg
+
+
+def test_the_inline_engine_times_each_task_in_this_process(tmp_path: Path) -> None:
+    run = RunDir.create(load_scenario(SMOKE), tmp_path / "runs")
+    for stage in RUN_ORDER:
+        if stage != "prepare":
+            run.mark_stage(stage, status="done", wall_s=0.0)
+    t0 = time.time()
+    run_inline(run, lambda _: None)
+    entry = run.manifest()["stages"]["prepare"]
+    check_tasks(entry, tasks_sent(run.audit_events(), "prepare"), (t0, time.time()))
+    assert {t["pid"] for t in entry["tasks"]} == {os.getpid()}
+    assert sum(t["finished"] - t["started"] for t in entry["tasks"]) <= entry["wall_s"] + 0.01
