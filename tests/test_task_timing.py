@@ -65,3 +65,19 @@ def test_the_inline_engine_times_each_task_in_this_process(tmp_path: Path) -> No
     check_tasks(entry, tasks_sent(run.audit_events(), "prepare"), (t0, time.time()))
     assert {t["pid"] for t in entry["tasks"]} == {os.getpid()}
     assert sum(t["finished"] - t["started"] for t in entry["tasks"]) <= entry["wall_s"] + 0.01
+
+
+def test_the_flower_engine_keeps_at_most_its_window_of_tasks_out(smoke_run: Path) -> None:
+    """Tasks go out a window at a time (two per node Ray runs at once), not one per party at once: in
+    the audit log, the stage tasks sent and not yet answered never exceed it, and more than one is out."""
+    from simulator.engines.flower.launch import task_window
+
+    window = task_window(load_scenario(smoke_run / "scenario.yaml"), None)
+    out = most = 0
+    for event in RunDir(smoke_run).audit_events():
+        if not event["type"].startswith("train."):  # the stages' tasks (FedAvg's go through its strategy)
+            continue
+        out += 1 if event["sender"] == "server" else -1
+        most = max(most, out)
+    assert out == 0  # every task answered
+    assert 1 < most <= window, (most, window)  # on 2 CPUs, 4 of poison's 7 tasks

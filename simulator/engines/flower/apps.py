@@ -68,14 +68,18 @@ def make_client_app() -> ClientApp:
     return app
 
 
-def drive_on(grid: Grid, run: RunDir, log: Log) -> None:
+def drive_on(grid: Grid, run: RunDir, log: Log, window: int | None = None) -> None:
     """Every stage of `run` through Flower's `grid` (audited), as the ServerApp's main does: the one
-    server loop of both the in-process simulation (launch.py) and the Flower App (app.py)."""
+    server loop of both the in-process simulation (launch.py) and the Flower App (app.py). `window`:
+    at most that many tasks out at once (FlowerSession)."""
     timeout = run.scenario().timeouts.stage_seconds
-    drive(run, FlowerSession(AuditedGrid(grid, run), str(run.root), timeout=timeout), log)
+    session = FlowerSession(AuditedGrid(grid, run), str(run.root), timeout=timeout, window=window)
+    drive(run, session, log)
 
 
-def make_server_app(run: RunDir, log: Log, failures: list[BaseException]) -> ServerApp:
+def make_server_app(
+    run: RunDir, log: Log, failures: list[BaseException], window: int | None = None
+) -> ServerApp:
     """A ServerApp bound to one run directory. Under run_simulation it runs in a thread of this
     process, so an exception is kept in `failures` for the launcher to raise."""
     app = ServerApp()
@@ -83,7 +87,7 @@ def make_server_app(run: RunDir, log: Log, failures: list[BaseException]) -> Ser
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            drive_on(grid, run, log)
+            drive_on(grid, run, log, window)
         except BaseException as err:  # noqa: BLE001 - handed to the launcher, which fails loudly
             failures.append(err)
 

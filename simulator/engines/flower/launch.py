@@ -32,6 +32,25 @@ def backend_config(scenario: Scenario, ray_address: str | None, log: Log) -> dic
     }
 
 
+def task_window(scenario: Scenario, ray_address: str | None) -> int:
+    """How many tasks go out at once: two per node Ray can run at a time (its CPUs, and GPUs where the
+    nodes ask for them, over each node's share), so that a node finishing one has the next at hand."""
+    import os
+
+    if ray_address:  # joined already (simulate): the whole cluster's resources
+        import ray
+
+        total = ray.cluster_resources()
+        cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
+    else:  # run_simulation starts Ray on this machine's CPUs
+        cpus, gpus = float(len(os.sched_getaffinity(0))), float(torch.cuda.device_count())
+    share = scenario.resources
+    nodes = int(cpus // share.num_cpus)
+    if share.num_gpus > 0 and gpus > 0:
+        nodes = min(nodes, int(gpus // share.num_gpus))
+    return 2 * max(1, nodes)
+
+
 class _KnownDeprecation(logging.Filter):
     """Drop Flower's notice that `run_simulation` is deprecated: Veil uses it on purpose (an in-process
     simulation with the server in this process); see FLOWER-NOTES.md."""
@@ -56,7 +75,7 @@ def simulate(run: RunDir, log: Log, ray_address: str | None) -> None:
     with warnings.catch_warnings(), logs:
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
-            server_app=make_server_app(run, log, failures),
+            server_app=make_server_app(run, log, failures, task_window(scenario, ray_address)),
             client_app=make_client_app(),
             num_supernodes=len(roles.parties(scenario)),
             backend_config=backend_config(scenario, ray_address, log),  # type: ignore[arg-type]
