@@ -651,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", required=True, help="this party's own directory on this machine (new, or its own)"
     )
     p.add_argument(
-        "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's Fleet API (port 9092)"
+        "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink (port 8000 by default)"
     )
     p.add_argument(
         "--scenario", required=True, metavar="FILE", help="the scenario this organisation agreed to run"

@@ -1,9 +1,9 @@
 """One organisation's SuperNode in Flower's deployment engine: `veil supernode`, and its node's directory.
 
-    veil supernode --party E1 --dir /srv/veil-E1 --superlink linkhost:9092 --scenario scenarios/smoke.yaml
+    veil supernode --party E1 --dir /srv/veil-E1 --superlink linkhost:8000 --scenario scenarios/smoke.yaml
 
 checks its inputs (the party is one of the scenario's, the directory is new or this party's own, the
-SuperLink's Fleet API answers), marks the directory as the party's (`.veil-party`) and becomes
+SuperLink answers), marks the directory as the party's (`.veil-party`) and becomes
 `flower-supernode --insecure --superlink HOST:PORT --node-config 'party="E1" dir="..." scenario="smoke"'`.
 The node keeps each run under DIR/<run name>/, laid out as a run directory holds one party's share:
 scenario.yaml, parties/<party>/ (private, 0700), and its copies of the shared pool/ and public/, which
@@ -75,14 +75,12 @@ def check_dir(text: str, party: str) -> Path:
 def parse_superlink(text: str) -> tuple[str, int]:
     m = _ADDRESS.fullmatch(text.strip())
     if m is None or not 0 < int(m.group("port")) < 65536:
-        raise _refuse(
-            "--superlink", f"{text!r}: expected HOST:PORT of the SuperLink's Fleet API, e.g. linkhost:9092"
-        )
+        raise _refuse("--superlink", f"{text!r}: expected HOST:PORT of the SuperLink, e.g. linkhost:8000")
     return m.group("host").strip("[]"), int(m.group("port"))
 
 
 def check_superlink(text: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """A TCP connect to the SuperLink's Fleet API within `timeout` (flower-supernode would retry forever)."""
+    """A TCP connect to the SuperLink within `timeout` (flower-supernode would retry forever)."""
     host, port = parse_superlink(text)
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -91,9 +89,8 @@ def check_superlink(text: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         why = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
         raise _refuse(
             "--superlink",
-            f"cannot reach {text} ({why}; waited up to {timeout:g} s); expected a running SuperLink's"
-            " Fleet API"
-            " (`flower-superlink --insecure`, port 9092 by default)",
+            f"cannot reach {text} ({why}; waited up to {timeout:g} s); expected a running SuperLink"
+            " (`flower-superlink --insecure --host HOST`, port 8000 by default)",
         ) from None
 
 
@@ -160,15 +157,23 @@ def join_run(node_config: dict[str, object], run_dir: str, scenario_yaml: str) -
 
     root, party = node_root(node_config, run_dir), str(node_config[NODE_PARTY])
     path = root / SCENARIO_FILE
-    if path.is_file() and path.read_text() != scenario_yaml:
-        raise ValueError(f"{root} already holds another scenario under this run's name")
-    if not path.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, scenario_yaml)
-    scenario = scenario_of(root)
+    if path.is_file():
+        if path.read_text() != scenario_yaml:
+            raise ValueError(f"{root} already holds another scenario under this run's name")
+        return root, party
+    # checked before the run is taken in: a refused run leaves nothing in the party's directory
+    probe = Path(str(node_config[NODE_DIR])) / f".scenario-{os.getpid()}.yaml"
+    try:
+        write_atomic(probe, scenario_yaml)
+        scenario = load_scenario(probe)
+    finally:
+        probe.unlink(missing_ok=True)
     if scenario.name != node_config[NODE_SCENARIO]:
         raise ValueError(
             f"the run is of scenario {scenario.name!r}; {party}'s node serves {node_config[NODE_SCENARIO]!r}"
         )
     roles.party(scenario, party)  # ValueError naming the scenario when it has no such party
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, scenario_yaml)
+    scenario_of(root)
     return root, party
