@@ -280,3 +280,22 @@ def test_a_supernode_per_party_gives_the_records_of_the_simulation(tmp_path: Pat
     assert sim.returncode == 0, sim.stderr[-3000:]
     (sim_dir,) = (tmp_path / "sim").iterdir()
     assert records(run_dir) == records(sim_dir)
+
+
+def test_a_node_takes_in_only_a_run_of_its_scenario_that_names_it(tmp_path: Path) -> None:
+    from simulator.deploy import join_run
+
+    resolved = load_scenario(SMOKE).resolved_yaml()
+    config: dict[str, object] = {"party": "E1", "dir": str(tmp_path), "scenario": "other"}
+    with pytest.raises(ValueError, match="node serves 'other'"):
+        join_run(config, "/server/runs/smoke-1", resolved)
+    with pytest.raises(ValueError, match="'E9' is not a party"):
+        join_run({**config, "party": "E9", "scenario": "smoke"}, "/server/runs/smoke-1", resolved)
+    assert list(tmp_path.iterdir()) == []  # refused: nothing taken in
+    with pytest.raises(ValueError, match="plain directory name"):
+        join_run({**config, "scenario": "smoke"}, "/server/runs/..", resolved)
+    root, party = join_run({**config, "scenario": "smoke"}, "/server/runs/smoke-1", resolved)
+    assert (root, party) == (tmp_path / "smoke-1", "E1")
+    assert (root / "scenario.yaml").read_text() == resolved
+    with pytest.raises(ValueError, match="another scenario"):
+        join_run({**config, "scenario": "smoke"}, "/server/runs/smoke-1", resolved + "# changed\n")
