@@ -299,3 +299,13 @@ def test_a_node_takes_in_only_a_run_of_its_scenario_that_names_it(tmp_path: Path
     assert (root / "scenario.yaml").read_text() == resolved
     with pytest.raises(ValueError, match="another scenario"):
         join_run({**config, "scenario": "smoke"}, "/server/runs/smoke-1", resolved + "# changed\n")
+
+
+def test_adversaries_that_read_another_partys_directory_are_refused_when_apart() -> None:
+    from simulator.engines import RunFailed
+    from simulator.engines.flower.session import check_apart
+
+    check_apart(load_scenario(SMOKE))  # an outsider needs only what is shared
+    insider = load_scenario(SMOKE, ["adversaries[0].knowledge=insider", "adversaries[0].of=E2"])
+    with pytest.raises(RunFailed, match=r"eve \(insider of E2\) read another party's directory"):
+        check_apart(insider)

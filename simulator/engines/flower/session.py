@@ -15,6 +15,7 @@ from simulator.engines.flower.courier import OUTBOX, POOL_ENTRIES, Courier
 from simulator.engines.flower.grid import AuditedGrid
 from simulator.federation import Federation, FederationResult
 from simulator.protocol import Payload, Task
+from simulator.schema import Scenario
 
 POLL_SECONDS = 0.05
 WHOAMI = "query.whoami"
@@ -26,6 +27,26 @@ _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 def reason(reply: Message) -> str:
     """A failed node's error, as plain text (Ray's remote tracebacks come coloured)."""
     return _ANSI_COLOUR.sub("", reply.error.reason or "(no reason given)")
+
+
+# Threat models whose adversary reads another party's directory (simulator.views.PartyView._read_as):
+# in the simulation the adversary's view reaches it; parties on separate machines share no directory.
+READS_ANOTHER_PARTY = ("insider", "curious-user")
+
+
+def check_apart(scenario: Scenario) -> None:
+    """RunFailed, before any stage, when the parties are apart (deployed) and an adversary's knowledge
+    needs another party's directory."""
+    knowing = [
+        f"{a.name} ({a.knowledge} of {a.of})"
+        for a in scenario.adversaries
+        if a.knowledge in READS_ANOTHER_PARTY
+    ]
+    if knowing:
+        raise RunFailed(
+            f"adversaries {', '.join(knowing)} read another party's directory, which parties on separate"
+            " machines do not share; run them in the simulation (`veil run`), or as outsiders here"
+        )
 
 
 class FlowerSession:
@@ -80,6 +101,7 @@ class FlowerSession:
                     f"the nodes of {', '.join(shared)} share the server's disk and the others keep their own"
                     " (veil supernode): a run takes one kind"
                 )
+            check_apart(self.grid.run_dir.scenario())
             self.courier = Courier(self.grid, self.grid.run_dir, self.nodes, self.timeout)
         return keys
 
