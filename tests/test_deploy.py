@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -164,11 +165,38 @@ def kill_session(pid: int) -> None:
             time.sleep(0.1)
 
 
+def can_hide() -> bool:
+    """Whether this machine lets a process get a mount namespace of its own (`unshare -m`, as root)."""
+    with suppress(OSError, subprocess.SubprocessError):
+        probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10)
+        return probe.returncode == 0
+    return False
+
+
+def hiding(paths: list[Path], command: list[str]) -> list[str]:
+    """`command` in a mount namespace where each of `paths` is an empty tmpfs: the process cannot read
+    what lies there (on one machine as one user, the nearest thing to another machine's disk)."""
+    mounts = " && ".join(f"mount -t tmpfs veil-hidden {shlex.quote(str(p))}" for p in paths)
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"{mounts} && exec {shlex.join(command)}",
+    ]
+
+
 @contextmanager
-def federation(tmp_path: Path, parties: list[str]) -> Iterator[tuple[dict[str, str], dict[str, Path]]]:
+def federation(
+    tmp_path: Path, parties: list[str], server: Path
+) -> Iterator[tuple[dict[str, str], dict[str, Path]]]:
     """A SuperLink and one `veil supernode` per party on loopback, each with its own directory; yields
     the environment for `flwr run` (a FLWR_HOME whose default connection is this SuperLink) and the
-    parties' directories. Every process started is killed afterwards, by its session."""
+    parties' directories. Where the machine allows it, each SuperNode runs in a mount namespace that hides
+    the server's directory, the SuperLink's and every other party's. Every process started is killed
+    afterwards, by its session."""
     port = free_port()  # Flower 1.41's SuperLink serves every API (Fleet, Control, Runtime) on one HTTP port
     link_dir, home = tmp_path / "superlink", tmp_path / "flwr-home"
     link_dir.mkdir()
@@ -216,15 +244,17 @@ def federation(tmp_path: Path, parties: list[str]) -> Iterator[tuple[dict[str, s
             assert time.monotonic() < deadline, (logs / "superlink.log").read_text()
             time.sleep(0.3)
         dirs = {p: tmp_path / "orgs" / p / "veil" for p in parties}  # separate roots, one per party
-        for party, directory in dirs.items():
+        for directory in dirs.values():
             directory.parent.mkdir(parents=True)
-            start(
-                party,
-                [sys.executable, "-m", "simulator.cli", "supernode", "--party", party,
-                 "--dir", str(directory), "--superlink", f"127.0.0.1:{port}", "--scenario", str(SMOKE)],
-                directory.parent,
-                {},
-            )  # fmt: skip
+        server.mkdir(parents=True, exist_ok=True)
+        for party, directory in dirs.items():
+            link = f"127.0.0.1:{port}"
+            command = [sys.executable, "-m", "simulator.cli", "supernode", "--party", party,
+                       "--dir", str(directory), "--superlink", link, "--scenario", str(SMOKE)]  # fmt: skip
+            if can_hide():
+                others = [d.parent for p, d in dirs.items() if p != party]
+                command = hiding([server, link_dir, home, *others], command)
+            start(party, command, directory.parent, {})
         yield {**env, "FLWR_HOME": str(home)}, dirs
     finally:
         for proc in started:
@@ -241,8 +271,18 @@ def test_a_supernode_per_party_gives_the_records_of_the_simulation(tmp_path: Pat
 
     scenario = load_scenario(SMOKE)
     parties = [p.name for p in roles.parties(scenario)]
-    out = tmp_path / "server" / "runs"
-    with federation(tmp_path, parties) as (env, dirs):
+    server = tmp_path / "server"
+    out = server / "runs"
+    if can_hide():  # what a SuperNode sees of the server's directory and another party's: nothing
+        (server / "secret").mkdir(parents=True)
+        (server / "secret" / "f").write_text("x")
+        seen = subprocess.run(hiding([server], ["ls", "-A", str(server)]), capture_output=True, text=True)
+        assert seen.returncode == 0 and seen.stdout == "", seen
+        (server / "secret" / "f").unlink()
+        (server / "secret").rmdir()
+    else:
+        print("no mount namespaces here: the SuperNodes could read the server's directory (same user)")
+    with federation(tmp_path, parties, server) as (env, dirs):
         t0 = time.monotonic()
         done = subprocess.run(
             [str(FLWR_BIN / "flwr"), "run", ".", "--stream", "--run-config",
