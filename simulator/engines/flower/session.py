@@ -87,6 +87,8 @@ class FlowerSession:
                 raise RunFailed(f"node {src} failed to say who it is: {reason(reply)}")
             config = codec.decode(reply.content).config
             name = str(config["party"])
+            if name in self.nodes:  # two organisations started `veil supernode --party` with one name
+                raise RunFailed(f"nodes {self.nodes[name]} and {src} both say they are {name}")
             self.nodes[name] = src
             self.grid.names[src] = name
             keys[name] = config["public_key"]  # type: ignore[assignment]
