@@ -504,6 +504,28 @@ def _attacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _supernode(args: argparse.Namespace) -> int:
+    """`veil supernode`: one organisation's Flower SuperNode (simulator.deploy); its inputs checked first."""
+    import os
+
+    from simulator.deploy import node_env, start_supernode
+
+    try:
+        command = start_supernode(args.party, args.dir, args.superlink, args.scenario)
+    except ScenarioError as err:
+        if len(err.problems) == 1:  # one line: the option, and what was expected
+            print(f"veil supernode: {err.problems[0]}", file=sys.stderr)
+        else:
+            print(err, file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"veil supernode: {args.party} in {Path(args.dir).absolute()}, SuperLink {args.superlink}",
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
+    os.execve(command[0], command, node_env(Path(args.dir).absolute()))  # the node is this process from here
+
+
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
@@ -616,6 +638,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where curves against a varied field go (default: SWEEP/report)"
     )
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "supernode",
+        help="one organisation's Flower SuperNode for a federation of machines (Flower's deployment engine)",
+        description="Check the inputs, then run `flower-supernode --insecure` as PARTY, its private files "
+        "under DIR; what the parties share reaches it as messages from the server. Start the federation with "
+        "`flower-superlink --insecure` and `flwr run . CONNECTION` (README: A federation of machines).",
+    )
+    p.add_argument("--party", required=True, help="the party this organisation is, as the scenario names it")
+    p.add_argument(
+        "--dir", required=True, help="this party's own directory on this machine (new, or its own)"
+    )
+    p.add_argument(
+        "--superlink", required=True, metavar="HOST:PORT", help="the SuperLink (port 8000 by default)"
+    )
+    p.add_argument(
+        "--scenario", required=True, metavar="FILE", help="the scenario this organisation agreed to run"
+    )
+    p.set_defaults(func=_supernode)
 
     p = sub.add_parser("attacks", help="the registered attacks: what each attacks and what it needs to know")
     p.set_defaults(func=_attacks)

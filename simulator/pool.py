@@ -191,6 +191,28 @@ class Pool:
             tmp.unlink(missing_ok=True)
         return info
 
+    def adopt(self, info: ShardInfo, path: Path) -> None:
+        """Install a shard file made elsewhere (a deployed party's node sent it whole) under its entry.
+
+        The file must match the entry (digest, header, shape, labels); it is then moved into place and
+        the manifest updated under the lock, as `publish` does. A file that does not match raises
+        PoolError and enters nothing.
+        """
+        _check_name("owner", info.owner)
+        _check_name("name", info.name)
+        with open(path, "rb") as f:
+            self._check(f, info)
+        with self._locked(exclusive=True):
+            entries = self._load()
+            for e in entries:
+                if e.file == info.file and (e.owner, e.name) != (info.owner, info.name):
+                    raise ValueError(
+                        f"shard file {info.file!r} already holds (owner {e.owner!r}, name {e.name!r})"
+                    )
+            os.replace(path, self.root / info.file)
+            fsync_dir(self.root)
+            self._store([*(e for e in entries if (e.owner, e.name) != (info.owner, info.name)), info])
+
     # --- reading ------------------------------------------------------------------------
 
     def shards(self, owner: str | None = None) -> list[ShardInfo]:

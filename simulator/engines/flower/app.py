@@ -94,7 +94,8 @@ def check_federation_size(nodes: int, scenario: Scenario) -> None:
         f" ({', '.join(p.name for p in parties)}), one SuperNode each. Run it with"
         f' `flwr run . --federation-config "{federation_config(scenario)}"`, or set'
         f" options.num-supernodes = {len(parties)} in the federation's SuperLink connection in"
-        " $FLWR_HOME/config.toml (which Flower 1.41 still reads, and deprecates)"
+        " $FLWR_HOME/config.toml (which Flower 1.41 still reads, and deprecates); on a SuperLink of your"
+        " own, start one `veil supernode --party NAME` per party first"
     )
 
 

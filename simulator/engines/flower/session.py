@@ -11,18 +11,42 @@ from flwr.app.typing import ConfigRecordValues
 from simulator import roles
 from simulator.engines import OnReply, RunFailed, TaskFailed, check_stop
 from simulator.engines.flower import codec
+from simulator.engines.flower.courier import OUTBOX, POOL_ENTRIES, Courier
 from simulator.engines.flower.grid import AuditedGrid
 from simulator.federation import Federation, FederationResult
-from simulator.protocol import Task
+from simulator.protocol import Payload, Task
+from simulator.schema import Scenario
 
 POLL_SECONDS = 0.05
 WHOAMI = "query.whoami"
+SCENARIO = "scenario_yaml"  # whoami's header: the resolved scenario, for a deployed node to take in
+DEPLOYED = "deployed"  # whoami's reply: the node keeps its own directory (simulator.deploy)
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def reason(reply: Message) -> str:
     """A failed node's error, as plain text (Ray's remote tracebacks come coloured)."""
     return _ANSI_COLOUR.sub("", reply.error.reason or "(no reason given)")
+
+
+# Threat models whose adversary reads another party's directory (simulator.views.PartyView._read_as):
+# in the simulation the adversary's view reaches it; parties on separate machines share no directory.
+READS_ANOTHER_PARTY = ("insider", "curious-user")
+
+
+def check_apart(scenario: Scenario) -> None:
+    """RunFailed, before any stage, when the parties are apart (deployed) and an adversary's knowledge
+    needs another party's directory."""
+    knowing = [
+        f"{a.name} ({a.knowledge} of {a.of})"
+        for a in scenario.adversaries
+        if a.knowledge in READS_ANOTHER_PARTY
+    ]
+    if knowing:
+        raise RunFailed(
+            f"adversaries {', '.join(knowing)} read another party's directory, which parties on separate"
+            " machines do not share; run them in the simulation (`veil run`), or as outsiders here"
+        )
 
 
 class FlowerSession:
@@ -35,6 +59,7 @@ class FlowerSession:
         # driver's memory (3.5 GB at 32 entities on 2 workers, bench/scaling.py).
         self.window = window
         self.nodes: dict[str, int] = {}  # party -> node id
+        self.courier: Courier | None = None  # deployed nodes: the shared files travel as messages
 
     def discover(self, parties: list[roles.Party], wait: float = 120.0) -> dict[str, bytes]:
         """Wait for every node, then ask each which party it is (its partition id is the party's index)."""
@@ -46,7 +71,10 @@ class FlowerSession:
                 )
             check_stop()
             time.sleep(0.2)
-        header: dict[str, ConfigRecordValues] = {"run_dir": self.run_dir}
+        header: dict[str, ConfigRecordValues] = {
+            "run_dir": self.run_dir,
+            SCENARIO: self.grid.run_dir.scenario_path.read_text(),
+        }
         msgs = [
             Message(
                 content=RecordDict({codec.TASK: ConfigRecord(header)}),
@@ -56,18 +84,31 @@ class FlowerSession:
             for nid in self.grid.get_node_ids()
         ]
         keys: dict[str, bytes] = {}
+        deployed: dict[str, bool] = {}
         for reply in self.grid.send_and_receive(msgs, timeout=wait):
             src = reply.metadata.src_node_id
             if reply.has_error():
                 raise RunFailed(f"node {src} failed to say who it is: {reason(reply)}")
             config = codec.decode(reply.content).config
             name = str(config["party"])
+            if name in self.nodes:  # two organisations started `veil supernode --party` with one name
+                raise RunFailed(f"nodes {self.nodes[name]} and {src} both say they are {name}")
             self.nodes[name] = src
             self.grid.names[src] = name
             keys[name] = config["public_key"]  # type: ignore[assignment]
+            deployed[name] = bool(config.get(DEPLOYED, False))
         missing = [p.name for p in parties if p.name not in self.nodes]
         if missing:
             raise RunFailed(f"no node answered for {', '.join(missing)}")
+        if any(deployed.values()):
+            if not all(deployed.values()):
+                shared = sorted(name for name, yes in deployed.items() if not yes)
+                raise RunFailed(
+                    f"the nodes of {', '.join(shared)} share the server's disk and the others keep their own"
+                    " (veil supernode): a run takes one kind"
+                )
+            check_apart(self.grid.run_dir.scenario())
+            self.courier = Courier(self.grid, self.grid.run_dir, self.nodes, self.timeout)
         return keys
 
     def federate(self, federation: Federation) -> FederationResult:
@@ -76,7 +117,26 @@ class FlowerSession:
 
         return federate(self.grid, self.nodes, federation, self.run_dir, self.timeout)
 
+    def _fetching(self, on_reply: OnReply) -> OnReply:
+        """on_reply, after fetching what the task left for the server (its reply's outbox: courier)."""
+        assert self.courier is not None
+        courier = self.courier
+
+        def fetch_then(task: Task, reply: Payload) -> None:
+            files, entries = reply.config.pop(OUTBOX, []), reply.config.pop(POOL_ENTRIES, [])
+            courier.fetch(
+                task.party,
+                [str(x) for x in (files if isinstance(files, list) else [files])],
+                [str(x) for x in (entries if isinstance(entries, list) else [entries])],
+            )
+            on_reply(task, reply)
+
+        return fetch_then
+
     def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
+        if self.courier is not None:  # deployed: the stage's parties get the shared files they lack first
+            self.courier.send_shared(sorted({task.party for task in tasks}))
+            on_reply = self._fetching(on_reply)
         queues: dict[str, list[Task]] = {}
         for task in tasks:
             queues.setdefault(task.party, []).append(task)
