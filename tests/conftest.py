@@ -57,6 +57,19 @@ def session_members(sid: int) -> list[int]:
     return pids
 
 
+def kill_session(pid: int) -> None:
+    """SIGKILL every process of the session `pid` leads (a SuperLink, a SuperNode) and their children."""
+    with suppress(ProcessLookupError):
+        sid = os.getsid(pid)
+        deadline = time.monotonic() + 30
+        while members := session_members(sid):
+            for member in members:
+                with suppress(ProcessLookupError):
+                    os.kill(member, signal.SIGKILL)
+            assert time.monotonic() < deadline, f"{members} survive SIGKILL"
+            time.sleep(0.1)
+
+
 def result_records(run_dir: Path) -> list[dict[str, Any]]:
     """A run's result records as plain dicts, through the one reader of run results (reports.runs)."""
     return [

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMOKE, session_members
+from conftest import ROOT, SMOKE, kill_session
 
 from simulator import roles
 from simulator.schema import load_scenario
@@ -150,19 +149,6 @@ def test_pool_adopts_only_a_shard_that_matches_its_entry(tmp_path: Path) -> None
 
 
 # --- a federation on loopback -----------------------------------------------------------------------
-
-
-def kill_session(pid: int) -> None:
-    """SIGKILL every process of the session `pid` leads (a SuperLink or SuperNode and its children)."""
-    with suppress(ProcessLookupError):
-        sid = os.getsid(pid)
-        deadline = time.monotonic() + 30
-        while members := session_members(sid):
-            for member in members:
-                with suppress(ProcessLookupError):
-                    os.kill(member, signal.SIGKILL)
-            assert time.monotonic() < deadline, f"{members} survive SIGKILL"
-            time.sleep(0.1)
 
 
 def can_hide() -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, SMOKE, result_records, session_members
+from conftest import ROOT, SMOKE, kill_session, result_records
 
 from simulator import roles
 from simulator.schema import ScenarioError, load_scenario
@@ -144,14 +143,7 @@ def flower_home(tmp_path: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         for pid in superlinks_of(home):
-            sid = os.getsid(pid)
-            deadline = time.monotonic() + 30
-            while members := session_members(sid):
-                for member in members:
-                    with suppress(ProcessLookupError):
-                        os.kill(member, signal.SIGKILL)
-                assert time.monotonic() < deadline, f"{members} survive SIGKILL"
-                time.sleep(0.1)
+            kill_session(pid)
         assert not superlinks_of(home)
 
 
