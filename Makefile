@@ -22,7 +22,7 @@ table5: $(STAMP)  ## the paper's Table 5 on the built-in photos: five training s
 smoke: $(STAMP)
 	$(BIN)/veil run scenarios/smoke.yaml
 
-test: $(STAMP)  ## the default test tier (20 minutes on 2 idle cores; `pytest -m slow` runs the rest)
+test: $(STAMP)  ## the default test tier (about 15 minutes on 2 cores; `pytest -m slow` runs the rest)
 	$(BIN)/ruff check --no-cache simulator entities reports tests bench
 	$(BIN)/mypy simulator entities reports
 	$(BIN)/python -m pytest -q
