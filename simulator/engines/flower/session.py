@@ -54,9 +54,9 @@ class FlowerSession:
         self.grid = grid
         self.run_dir = run_dir
         self.timeout = timeout
-        # At most this many tasks out at once (None: one per party). Each task carries its payload (F, C, R:
-        # 43 MB at smoke's size); sent all at once, the tasks waiting for a free worker piled up in the
-        # driver's memory (3.5 GB at 32 entities on 2 workers, bench/scaling.py).
+        # At most this many tasks out at once (None: one per party): a task waits here, not in Flower's
+        # queue behind the others, so its timeout counts from when a node can take it, and each task's
+        # payload (F, C, R: 43 MB at smoke's size) is encoded only when it is sent.
         self.window = window
         self.nodes: dict[str, int] = {}  # party -> node id
         self.courier: Courier | None = None  # deployed nodes: the shared files travel as messages
