@@ -79,22 +79,22 @@ def make_client_app() -> ClientApp:
         reply.config[DEPLOYED] = True
         return Message(content=codec.encode(reply), reply_to=msg)
 
-    @app.query("put")
-    def put(msg: Message, context: Context) -> Message:
+    def deployed_root(msg: Message, context: Context, way: str) -> Path:
         if not _deployed(context):
             raise ValueError(
-                "files travel as messages only to deployed nodes; this one shares the run directory"
+                f"files travel as messages only {way} deployed nodes; this one shares the run directory"
             )
         root, _ = _party(msg, context)
+        return root
+
+    @app.query("put")
+    def put(msg: Message, context: Context) -> Message:
+        root = deployed_root(msg, context, "to")
         return Message(content=courier.receive(root, msg.content), reply_to=msg)
 
     @app.query("get")
     def get(msg: Message, context: Context) -> Message:
-        if not _deployed(context):
-            raise ValueError(
-                "files travel as messages only from deployed nodes; this one shares the run directory"
-            )
-        root, _ = _party(msg, context)
+        root = deployed_root(msg, context, "from")
         return Message(content=courier.serve(root, msg.content), reply_to=msg)
 
     def handle(msg: Message, context: Context) -> Message:
