@@ -6,8 +6,8 @@
 Each `veil run` is a subprocess in a session of its own, the engines alternating (flower, inline, then
 inline, flower...) so that background load hits both alike. Each task's start and end on its node come
 from the manifest (`stages.<name>.tasks`, simulator.engines.drive); tasks are paired by (stage, party,
-key). The inline engine runs one task after another, so its wall time is no reference for a parallel run:
-only the tasks are compared. Prints:
+key), or (stage, key) where that names one task. The inline engine runs one task after another, so its
+wall time is no reference for a parallel run: only the tasks are compared. Prints:
 
 - per stage: task-seconds under each engine (the median over runs of each task's time, summed) and their
   ratio (flower / inline; target at most 1.10), and the median of the per-task ratios; --tasks lists
@@ -16,8 +16,8 @@ only the tasks are compared. Prints:
   end to the process's exit;
 - how busy the nodes are under Flower: the worker processes (Ray actors, by pid) and the share of their
   seconds, from the first task's start to the last's end, spent in tasks (target at least 85%); beside
-  it the share the plan allows (each stage waits for its last task; a party runs one task at a time;
-  no more tasks at once than workers), so that what the plan leaves idle is not blamed on the carrier;
+  it the most the tasks allow (a party runs one task at a time; no more tasks at once than workers), so
+  that what the plan leaves idle is not blamed on the carrier;
   the same per party (one SuperNode each);
 - Flower's task runs split by whether another task ran beside them: on a machine with few cores the
   tasks that share it run slower than the inline engine's, which had it to itself;
@@ -94,39 +94,34 @@ def shared_share(task: dict[str, Any], tasks: list[dict[str, Any]]) -> float:
 
 
 def tasks_of(manifest: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+    """Each task by (stage, party, key); party "" where the key alone names it in its stage, since a task
+    that may run anywhere (the centralised row) need not run on the same party's node in both engines."""
     out = {}
     for stage, entry in manifest["stages"].items():
+        keys = [t["key"] for t in entry.get("tasks", [])]
         for t in entry.get("tasks", []):
-            out[(stage, t["party"], t["key"])] = t
+            out[(stage, t["party"] if keys.count(t["key"]) > 1 else "", t["key"])] = t
     return out
 
 
-def plan_bound(tasks: list[dict[str, Any]], stages: list[str], workers: int) -> float:
-    """The shortest the tasks could take with free dispatch: per stage, the longer of its busiest party's
-    tasks in a row and its task-seconds spread over the workers, summed over stages (each waits for its
-    last task)."""
-    total = 0.0
-    for stage in stages:
-        mine = [t for t in tasks if t["stage"] == stage]
-        if not mine:
-            continue
-        per_party: dict[str, float] = defaultdict(float)
-        for t in mine:
-            per_party[t["party"]] += t["finished"] - t["started"]
-        total += max(max(per_party.values()), sum(per_party.values()) / workers)
-    return total
+def plan_bound(tasks: list[dict[str, Any]], workers: int) -> float:
+    """The shortest the tasks could take: the longer of the busiest party's tasks in a row and the
+    task-seconds spread over the workers. Stage barriers only lengthen it; early tasks cross them."""
+    per_party: dict[str, float] = defaultdict(float)
+    for t in tasks:
+        per_party[t["party"]] += t["finished"] - t["started"]
+    return max(max(per_party.values()), sum(per_party.values()) / workers)
 
 
 def busy(run: dict[str, Any]) -> dict[str, Any]:
     """How busy the workers (pids) and the parties were, from the first task's start to the last's end."""
-    stages = list(run["manifest"]["stages"])
     tasks = [{**t, "stage": k[0]} for k, t in tasks_of(run["manifest"]).items()]
     first, last = min(t["started"] for t in tasks), max(t["finished"] for t in tasks)
     span = last - first
     task_s = sum(t["finished"] - t["started"] for t in tasks)
     workers = len({t["pid"] for t in tasks})
     parties = len({t["party"] for t in tasks})
-    bound = task_s / (workers * plan_bound(tasks, stages, workers))
+    bound = task_s / (workers * plan_bound(tasks, workers))
     return {
         "span": span,
         "task_s": task_s,

@@ -83,12 +83,19 @@ class Payload:
 
 @dataclass
 class Task:
-    """One unit of work for one party; `key` names it (a stage, or a table row) in logs and the audit."""
+    """One unit of work for one party; `key` names it (a stage, or a table row) in logs and the audit.
+
+    `cost` (optimiser steps, or any measure shared by a stage's tasks) and `runs_on` only order the work:
+    an engine that runs tasks side by side sends the costliest first, and a task that uses no party's own
+    data (the centralised reference row) may go to any party in `runs_on` whose node is free instead.
+    """
 
     stage: str
     party: str
     payload: Payload = field(default_factory=Payload)
     key: str = ""
+    cost: float = 0.0
+    runs_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.key = self.key or self.stage

@@ -426,6 +426,13 @@ class RunDir:
     def has_results(self, unit: str) -> bool:
         return (self.results_dir / f"{unit}.jsonl").is_file()
 
+    def results(self, unit: str) -> list[Record]:
+        """The records of a finished unit (write_results)."""
+        text = (self.results_dir / f"{unit}.jsonl").read_text()
+        return [
+            Record(**{f: json.loads(line)[f] for f in RESULT_FIELDS}) for line in text.splitlines() if line
+        ]
+
     def save_nets(self, states: dict[str, Any]) -> None:
         """F, C, R (torch state dicts) as the leader shared them."""
         import io

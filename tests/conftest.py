@@ -231,13 +231,26 @@ def _repeat_run(runs: Runs) -> Path:
     return _finished(runs.run("repeat_run", [str(SMOKE), "--out", str(runs.root / "repeat_run")]))
 
 
+def refine_rows_at_its_turn(out: Path) -> list[Path]:
+    """The refine rows written so far under `out`'s one run, once refine's turn has come (every earlier
+    stage done: rows trained from raw images may be written earlier, beside pretrain and poison)."""
+    rows = list(out.glob("*/results/refine-row*.jsonl"))
+    if not rows:
+        return []
+    with suppress(OSError, ValueError):  # the manifest is replaced atomically; read it once more later
+        stages = json.loads((rows[0].parents[1] / "manifest.json").read_text())["stages"]
+        if all(stages.get(s, {}).get("status") == "done" for s in EARLIER_STAGES):
+            return rows
+    return []
+
+
 def _killed_run(runs: Runs) -> KilledRun:
     out = runs.root / "killed_run"
     rows_total = len(load_scenario(SMOKE).collaboration)
     with runs.slots:
         veil = runs.launch("killed_run", [str(SMOKE), "--out", str(out)])
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not (rows := list(out.glob("*/results/refine-row*.jsonl"))):
+        while not (rows := refine_rows_at_its_turn(out)):
             if veil.proc.poll() is not None:
                 raise AssertionError(
                     f"veil run ended (exit {veil.proc.returncode}) before refine wrote a row:\n{veil.output}"

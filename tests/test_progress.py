@@ -272,7 +272,7 @@ def test_a_terminal_gets_a_live_table_of_the_parties_work(tmp_path: Path) -> Non
     for section in ("data_owner", "adversaries", "fedavg"):  # the Deep Poisoning stages are enough here
         data.pop(section)
     rows = data["collaboration"]
-    data["collaboration"] = [rows[0], rows[3]]  # a raw row and a refined one
+    data["collaboration"] = [rows[1], rows[3]]  # a raw row (E4's: E1's is its pre-training) and a refined one
     data["name"] = "progress-tty"
     scenario = tmp_path / "s.yaml"
     scenario.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -283,7 +283,7 @@ def test_a_terminal_gets_a_live_table_of_the_parties_work(tmp_path: Path) -> Non
     header = re.search(r"party +stage +unit +net +epoch +step +img/s +ETA", text)
     assert header, text[-3000:]
     assert re.search(r"E1 +pretrain +classifier +\d+/\d+ .*\d+/60 +\d+ +[\d.]+ s", text), text[-3000:]
-    assert re.search(r"E1 +refine +row 1: E1 own raw +classifier +\d+/\d+ ", text), text[-3000:]
+    assert re.search(r"E4 +refine +row 1: E4 own raw +classifier +\d+/\d+ ", text), text[-3000:]
     assert not re.search(r"^\S+ progress ", text, re.M)  # no plain lines on a terminal
     assert "all stages done" in text
     (run_dir,) = (tmp_path / "runs").iterdir()

@@ -25,7 +25,15 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, RUN_TIMEOUT_S, SMOKE, Veil, _reset_refine, session_members
+from conftest import (
+    ROOT,
+    RUN_TIMEOUT_S,
+    SMOKE,
+    Veil,
+    _reset_refine,
+    refine_rows_at_its_turn,
+    session_members,
+)
 
 from entities import files
 from simulator.cli import main
@@ -132,7 +140,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, smoke: Path) -> Interr
     out = tmp_path_factory.mktemp("interrupted")
     veil = UmaskVeil([str(smoke), "--out", str(out / "runs")], out / "run.log")
     try:
-        rows = wait_for("a refine row", veil, lambda: list(out.glob("runs/*/results/refine-row*.jsonl")))
+        rows = wait_for("a refine row at refine's turn", veil, lambda: refine_rows_at_its_turn(out / "runs"))
         os.killpg(veil.sid, signal.SIGINT)
         t0 = time.monotonic()
         rc = veil.proc.wait(STOP_WITHIN_S + 60)
@@ -451,9 +459,12 @@ def test_timeouts_and_error_replies_are_audited(inline_run: Path, tmp_path: Path
         def discover(self, parties: list[Any]) -> dict[str, bytes]:
             return {}
 
-        def dispatch(self, stage: str, tasks: list[Any], on_reply: Any) -> None:
+        def submit(self, tasks: list[Any], on_reply: Any, *, early: bool = False) -> None:
             task = tasks[0]
-            raise TaskFailed("no reply", stage=stage, party=task.party, key=task.key, kind="timeout")
+            raise TaskFailed("no reply", stage=task.stage, party=task.party, key=task.key, kind="timeout")
+
+        def wait(self, stage: str | None = None) -> None:
+            pass
 
     with pytest.raises(TaskFailed):
         drive(run, TimesOut(), lambda _: None)

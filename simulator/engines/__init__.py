@@ -13,7 +13,8 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 from entities.registry import Registry
@@ -23,7 +24,7 @@ from simulator.node import EXPECTED, NODE_FACTS, NODE_TIMES, RESUMED, WROTE
 from simulator.pool import Pool, PoolError
 from simulator.protocol import Payload, Record, Task
 from simulator.rundir import RunDir
-from simulator.stages import Server, stage_order
+from simulator.stages import Server, Stage, stage_order
 
 Log = Callable[[str], None]
 OnReply = Callable[[Task, Payload], None]
@@ -82,9 +83,16 @@ class Session(Protocol):
         """Wait for every party's node; return each party's public key."""
         ...
 
-    def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
-        """Run the tasks, at most one in flight per party, in order per party; call on_reply as each
-        reply arrives. An error reply or a timeout raises RunFailed naming the party and the task."""
+    def submit(self, tasks: list[Task], on_reply: OnReply, *, early: bool = False) -> None:
+        """Hand tasks over to run, at most one in flight per party; `on_reply` is called as each reply
+        arrives, while the server waits (`wait`). `early` tasks (a later stage's, before its turn) go
+        out only where they keep no task of the current stage waiting."""
+        ...
+
+    def wait(self, stage: str | None = None) -> None:
+        """Until every task of `stage` handed over so far has replied (None: every task), handling the
+        replies of any stage as they come. An error reply or a timeout raises RunFailed naming the
+        party and the task."""
         ...
 
     def federate(self, federation: Federation) -> FederationResult:
@@ -97,71 +105,133 @@ Engine = Callable[[RunDir, Log, str | None], None]  # (run, log, ray address)
 ENGINES: Registry[Engine] = Registry("engine")
 
 
+class _StageRun:
+    """One stage's side of the server's loop: its tasks as handed over (early and at its turn), and what
+    their replies left for the manifest."""
+
+    def __init__(self, stage: Stage, server: Server, session: Session):
+        self.stage, self.server, self.session = stage, server, session
+        self.t0 = time.monotonic()
+        self.order: dict[int, int] = {}  # id(task) -> position among the stage's tasks
+        self.collected: dict[int, list[Record]] = {}
+        self.digests: dict[str, str] = {}
+        self.nodes: dict[str, dict[str, int]] = {}
+        self.timings: list[dict[str, object]] = []
+
+    def submit(self, tasks: list[Task], *, early: bool = False) -> None:
+        for task in tasks:
+            expect_digests(self.server.run, task)
+            self.order[id(task)] = len(self.order)
+        with self.audited():  # the inline engine runs them here and now
+            self.session.submit(tasks, self.on_reply, early=early)
+
+    def on_reply(self, task: Task, reply: Payload) -> None:
+        server = self.server
+        self.digests.update(audit_reply(server, task, reply))
+        if facts := node_facts(reply):
+            self.nodes[task.party] = facts
+        if timing := task_timing(task, reply):
+            self.timings.append(timing)
+        server.records = []
+        self.stage.collect(server, task, reply)
+        self.collected[self.order[id(task)]] = server.records
+        server.log(f"  {task.stage} {task.key}: {task.party} done at {time.monotonic() - self.t0:.1f} s")
+
+    def wait(self) -> None:
+        with self.audited():
+            self.session.wait(self.stage.name)
+
+    @contextmanager
+    def audited(self) -> Iterator[None]:
+        """A task that failed or timed out (this stage's or another's), in the audit log at once."""
+        try:
+            yield
+        except TaskFailed as err:
+            audit_now(
+                self.server.run, err.kind, stage=err.stage, party=err.party, key=err.key, reason=str(err)
+            )
+            raise
+
+    def federate(self) -> None:
+        server, stage = self.server, self.stage
+        if (federation := stage.federation(server)) is None:
+            return
+        check_stop()
+        self.session.wait()  # nothing else in flight while the rounds run
+        server.log(
+            f"  {stage.name}: {federation.rounds} rounds of FedAvg over {', '.join(federation.parties)}"
+        )
+        result = self.session.federate(federation)
+        for done in result.rounds:
+            for party, reply in [*done.train, (federation.evaluator, done.evaluate)]:
+                task = Task(stage.name, party, key=f"round {done.number}")
+                self.digests.update(audit_reply(server, task, reply))
+                # the evaluator may train in the same round: its evaluation is a task of its own
+                evaluated = reply is done.evaluate
+                timed = Task(stage.name, party, key=f"{task.key} evaluate") if evaluated else task
+                if timing := task_timing(timed, reply):
+                    self.timings.append(timing)
+        stage.federated(server, result)
+
+    def finish(self, started: float) -> None:
+        server, stage, run = self.server, self.stage, self.server.run
+        server.records = [r for i in sorted(self.collected) for r in self.collected[i]]  # plan order
+        self.federate()
+        stage.finish(server)
+        wall = time.monotonic() - started
+        run.sync_audit()  # the stage's audit lines are on disk before the stage is marked done
+        run.mark_stage(
+            stage.name, status="done", wall_s=wall, digests=self.digests, nodes=self.nodes, tasks=self.timings
+        )
+        server.log(f"[bold]{stage.name}[/]: finished in {wall:.1f} s")
+
+
 def drive(run: RunDir, session: Session, log: Log) -> None:
-    """The server's side of a run: every stage not done yet, in run order."""
+    """The server's side of a run: every stage not done yet, in run order; a stage's early tasks go out
+    as soon as the stage they need is done (Stage.early_after)."""
     scenario = run.scenario()
     parties = roles.parties(scenario)
     server = Server(run, scenario, parties, log)
     check_stop()
     server.public_keys = session.discover(parties)
     log(f"{len(parties)} parties registered: {', '.join(p.name for p in parties)}")
-    for stage in stage_order():
+    order = stage_order()
+    runs: dict[str, _StageRun] = {}  # the stages whose tasks have been handed over
+
+    def send_early(after: int) -> None:
+        """The early tasks of the stages after position `after` whose `early_after` is done."""
+        done = {""} | {s.name for s in order if run.stage_done(s.name)}
+        for stage in order[after + 1 :]:
+            if stage.name in runs or stage.early_after not in done or stage.name in done:
+                continue
+            if stage.absent(scenario):
+                continue
+            runs[stage.name] = _StageRun(stage, server, session)
+            if tasks := stage.early(server):
+                log(f"  {stage.name}: {len(tasks)} of its tasks go out early")
+                runs[stage.name].submit(tasks, early=True)
+
+    for i, stage in enumerate(order):
         check_stop()
-        if run.stage_done(stage.name):
-            log(f"[bold]{stage.name}[/]: done in an earlier attempt, skipped")
-            continue
-        absent = stage.absent(scenario)
-        if absent:
-            run.mark_stage(stage.name, status="done", wall_s=0.0, skipped=absent)
-            log(f"[bold]{stage.name}[/]: skipped ({absent})")
-            continue
-        t0 = time.monotonic()
+        tasks: list[Task] = []
+        if stage.name not in runs:  # no early tasks went out (none, or none could: resumed)
+            if run.stage_done(stage.name):
+                log(f"[bold]{stage.name}[/]: done in an earlier attempt, skipped")
+                continue
+            if absent := stage.absent(scenario):
+                run.mark_stage(stage.name, status="done", wall_s=0.0, skipped=absent)
+                log(f"[bold]{stage.name}[/]: skipped ({absent})")
+                continue
+            runs[stage.name] = _StageRun(stage, server, session)
+            tasks = stage.early(server)
+        started = time.monotonic()
         log(f"[bold]{stage.name}[/]: started")
-        tasks = stage.plan(server)
-        for task in tasks:
-            expect_digests(run, task)
-        order = {id(task): i for i, task in enumerate(tasks)}
-        collected: dict[int, list[Record]] = {}
-        digests: dict[str, str] = {}
-        nodes: dict[str, dict[str, int]] = {}
-        timings: list[dict[str, object]] = []
-
-        def on_reply(task: Task, reply: Payload) -> None:
-            digests.update(audit_reply(server, task, reply))  # noqa: B023 - within this iteration
-            if facts := node_facts(reply):
-                nodes[task.party] = facts  # noqa: B023 - within this iteration
-            if timing := task_timing(task, reply):
-                timings.append(timing)  # noqa: B023 - within this iteration
-            server.records = []
-            stage.collect(server, task, reply)  # noqa: B023 - called within this iteration only
-            collected[order[id(task)]] = server.records  # noqa: B023
-            log(f"  {task.stage} {task.key}: {task.party} done at {time.monotonic() - t0:.1f} s")  # noqa: B023
-
-        try:
-            session.dispatch(stage.name, tasks, on_reply)
-        except TaskFailed as err:
-            audit_now(run, err.kind, stage=err.stage, party=err.party, key=err.key, reason=str(err))
-            raise
-        server.records = [r for i in sorted(collected) for r in collected[i]]  # plan order, not reply order
-        if (federation := stage.federation(server)) is not None:
-            check_stop()
-            log(f"  {stage.name}: {federation.rounds} rounds of FedAvg over {', '.join(federation.parties)}")
-            result = session.federate(federation)
-            for done in result.rounds:
-                for party, reply in [*done.train, (federation.evaluator, done.evaluate)]:
-                    task = Task(stage.name, party, key=f"round {done.number}")
-                    digests.update(audit_reply(server, task, reply))
-                    # the evaluator may train in the same round: its evaluation is a task of its own
-                    evaluated = reply is done.evaluate
-                    timed = Task(stage.name, party, key=f"{task.key} evaluate") if evaluated else task
-                    if timing := task_timing(timed, reply):
-                        timings.append(timing)
-            stage.federated(server, result)
-        stage.finish(server)
-        wall = time.monotonic() - t0
-        run.sync_audit()  # the stage's audit lines are on disk before the stage is marked done
-        run.mark_stage(stage.name, status="done", wall_s=wall, digests=digests, nodes=nodes, tasks=timings)
-        log(f"[bold]{stage.name}[/]: finished in {wall:.1f} s")
+        current = runs[stage.name]
+        current.submit(tasks + stage.plan(server))
+        send_early(i)  # after this stage's own tasks, which go out first
+        current.wait()
+        current.finish(started)
+    session.wait()
 
 
 def node_facts(reply: Payload) -> dict[str, int]:

@@ -46,9 +46,11 @@ class InlineSession:
             keys[party.name] = reply.config["public_key"]
         return keys  # type: ignore[return-value]
 
-    def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
+    def submit(self, tasks: list[Task], on_reply: OnReply, *, early: bool = False) -> None:
+        """Runs the tasks at once, one after another, each on the party it names."""
         for task in tasks:
             check_stop()  # between tasks: the one under way finishes first
+            stage = task.stage
             self._audit(f"train.{stage}", SERVER, task.party, task.payload, key=task.key)
             try:
                 reply = node.handle(self.run.root, task.party, task)
@@ -62,6 +64,9 @@ class InlineSession:
                 ) from err
             self._audit(f"train.{stage}", task.party, SERVER, reply, key=task.key)
             on_reply(task, reply)
+
+    def wait(self, stage: str | None = None) -> None:
+        """Nothing to wait for: `submit` ran every task."""
 
     def _run(self, federation: Federation, party: str, phase: str, number: int, arrays: Any) -> Payload:
         """One federated task, audited under Flower's message types ("train", "evaluate")."""

@@ -10,6 +10,10 @@
 
 Stages run in the order they register (simulator/stages/__init__.py imports them in run order); a test
 or a plugin registering one more appends it. Nothing outside a stage's module names it.
+
+A stage may hand out part of its work before its turn: the tasks of `early` need only what the stage
+named in `early_after` made ("": only the parties' keys), so they go out once that stage is done and run
+beside the stages in between, where a node is free. The stage's turn waits for them before `finish`.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Stage(ABC):
 
     name: ClassVar[str] = ""
     roles: ClassVar[frozenset[Role]] = frozenset()  # who may be sent this stage's tasks
+    early_after: ClassVar[str | None] = None  # the stage after which `early`'s tasks may go out
 
     def absent(self, scenario: Scenario) -> str:
         """Why this stage has no work in `scenario` ("" when it has): by default, no party of its roles."""
@@ -64,6 +69,11 @@ class Stage(ABC):
     @abstractmethod
     def plan(self, server: Server) -> list[Task]:
         """The server's side: this stage's tasks, in order (at most one in flight per party)."""
+
+    def early(self, server: Server) -> list[Task]:
+        """The server's side, once stage `early_after` is done: tasks that may run before this stage's
+        turn (default: none). `plan` then gives the rest."""
+        return []
 
     @abstractmethod
     def work(self, view: PartyView, task: Task) -> Payload:

@@ -1,6 +1,7 @@
 """`codes`: the data owner trains the sparsifying autoencoder, publishes ambiguated codes and the network,
 and makes each authorised user's key file, sealed to that user: the server relays ciphertext only.
-Its measurements of the codes become records."""
+Its measurements of the codes become records. It needs nothing from the entities, so its task goes out
+with the first stage's and runs beside theirs."""
 
 from __future__ import annotations
 
@@ -31,7 +32,12 @@ class Codes(Stage):
     name = "codes"
     roles = frozenset({Role.DATA_OWNER})
 
+    early_after = ""  # the data owner needs nothing from the entities: it trains beside them
+
     def plan(self, server: Server) -> list[Task]:
+        return []  # every task went out early
+
+    def early(self, server: Server) -> list[Task]:
         users = server.of_role(Role.AUTHORISED_USER)
         config: dict[str, ConfigValue] = {
             "users": users,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.typing import ConfigRecordValues
@@ -59,6 +60,9 @@ class FlowerSession:
         # payload (F, C, R: 43 MB at smoke's size) is encoded only when it is sent.
         self.window = window
         self.nodes: dict[str, int] = {}  # party -> node id
+        self._queues: dict[str, list[_Queued]] = {}  # party -> its tasks not sent yet
+        self._anywhere: list[_Queued] = []  # tasks any of several parties may run (Task.runs_on)
+        self._in_flight: dict[str, _Queued] = {}  # message id -> the task it carries
         self.courier: Courier | None = None  # deployed nodes: the shared files travel as messages
 
     def discover(self, parties: list[roles.Party], wait: float = 120.0) -> dict[str, bytes]:
@@ -133,64 +137,117 @@ class FlowerSession:
 
         return fetch_then
 
-    def dispatch(self, stage: str, tasks: list[Task], on_reply: OnReply) -> None:
-        if self.courier is not None:  # deployed: the stage's parties get the shared files they lack first
-            self.courier.send_shared(sorted({task.party for task in tasks}))
+    def submit(self, tasks: list[Task], on_reply: OnReply, *, early: bool = False) -> None:
+        if self.courier is not None:  # deployed: the parties get the shared files they lack first
+            self.courier.send_shared(sorted({p for task in tasks for p in task.runs_on or (task.party,)}))
             on_reply = self._fetching(on_reply)
-        queues: dict[str, list[Task]] = {}
         for task in tasks:
-            queues.setdefault(task.party, []).append(task)
-        in_flight: dict[str, tuple[Task, float]] = {}  # message id -> (task, sent at)
-        window = self.window or len(queues)
+            item = _Queued(task, on_reply, early)
+            if task.runs_on:
+                self._anywhere.append(item)
+            else:
+                self._queues.setdefault(task.party, []).append(item)
+        self._send_more()
 
-        def send_more() -> None:
-            """Fill the window, a party's tasks one at a time, the party with the most left first (it is
-            the one that finishes last)."""
-            while len(in_flight) < window:
-                busy = {task.party for task, _ in in_flight.values()}
-                ready = [p for p, left in queues.items() if left and p not in busy]
-                if not ready:
-                    return
-                send(max(ready, key=lambda p: len(queues[p])))
-
-        def send(party: str) -> None:
-            task = queues[party].pop(0)
-            header = {"run_dir": self.run_dir, "stage": task.stage, "party": task.party, "key": task.key}
-            msg = Message(
-                content=codec.encode(task.payload, header),
-                dst_node_id=self.nodes[task.party],
-                message_type=f"train.{stage}",
-                ttl=self.timeout + 60,
+    def wait(self, stage: str | None = None) -> None:
+        def pending() -> bool:
+            queued = [q for qs in self._queues.values() for q in qs] + self._anywhere
+            return any(
+                stage is None or q.task.stage == stage for q in queued + list(self._in_flight.values())
             )
-            (msg_id,) = list(self.grid.push_messages([msg], key=task.key))
-            in_flight[msg_id] = (task, time.monotonic())
 
-        send_more()
-        while in_flight:
+        while pending():
             check_stop()  # a stop request ends the loop here; the replies collected so far are kept
-            replies = list(self.grid.pull_messages(list(in_flight)))
+            replies = list(self.grid.pull_messages(list(self._in_flight)))
             for reply in replies:
-                task, _ = in_flight.pop(reply.metadata.reply_to_message_id)
+                item = self._in_flight.pop(reply.metadata.reply_to_message_id)
+                task = item.task
                 if reply.has_error():
                     raise TaskFailed(
-                        f"stage {stage!r}: node of {task.party} (id {self.nodes[task.party]}) failed"
+                        f"stage {task.stage!r}: node of {task.party} (id {self.nodes[task.party]}) failed"
                         f" on {task.key}: {reason(reply)}",
-                        stage=stage,
+                        stage=task.stage,
                         party=task.party,
                         key=task.key,
                     )
-                on_reply(task, codec.decode(reply.content))
-            send_more()
+                item.on_reply(task, codec.decode(reply.content))
+            self._send_more()
             now = time.monotonic()
-            for task, sent_at in in_flight.values():
-                if now - sent_at > self.timeout:
+            for item in self._in_flight.values():
+                task = item.task
+                if now - item.sent_at > self.timeout:
                     raise TaskFailed(
-                        f"stage {stage!r}: node of {task.party} (id {self.nodes[task.party]}) gave no reply"
-                        f" on {task.key} within {self.timeout:g} s",
-                        stage=stage,
+                        f"stage {task.stage!r}: node of {task.party} (id {self.nodes[task.party]}) gave no"
+                        f" reply on {task.key} within {self.timeout:g} s",
+                        stage=task.stage,
                         party=task.party,
                         key=task.key,
                         kind="timeout",
                     )
             if not replies:
                 time.sleep(POLL_SECONDS)
+
+    def _send_more(self) -> None:
+        """Fill the window: a party's tasks one at a time; the current stage's before early ones, which go
+        out only while fewer tasks are out than Ray runs at once (half the window), so that none queues
+        in Ray ahead of the current stage's; among them the party with the most work left first (it is
+        the one that finishes last), its costliest task first. A task that may run anywhere goes to the
+        free party with the least work left when it costs more than any party's work left."""
+        window = self.window or len(self.nodes)
+        early_out = max(1, window // 2) if self.window else window
+        while len(self._in_flight) < window:
+            busy = {item.task.party for item in self._in_flight.values()}
+            for early in (False, True):
+                if early and len(self._in_flight) >= early_out:
+                    return
+                if self._send_one(busy, early):
+                    break
+            else:
+                return
+
+    def _send_one(self, busy: set[str], early: bool) -> bool:
+        def left(party: str) -> float:
+            return sum(q.task.cost or 1.0 for q in self._queues.get(party, []) if q.early == early)
+
+        ready = [p for p, qs in self._queues.items() if p not in busy and any(q.early == early for q in qs)]
+        party = max(ready, key=left, default=None)
+        anywhere = [q for q in self._anywhere if q.early == early and set(q.task.runs_on) - busy]
+        if anywhere:
+            item = max(anywhere, key=lambda q: q.task.cost)
+            if party is None or item.task.cost >= left(party):
+                free = [p for p in item.task.runs_on if p not in busy]
+                chosen = min(free, key=lambda p: sum(q.task.cost or 1.0 for q in self._queues.get(p, [])))
+                self._anywhere.remove(item)
+                item.task.party = chosen  # the task object stays the one its stage handed over
+                self._send(item)
+                return True
+        if party is None:
+            return False
+        queue = self._queues[party]
+        item = max((q for q in queue if q.early == early), key=lambda q: q.task.cost)
+        queue.remove(item)
+        self._send(item)
+        return True
+
+    def _send(self, item: _Queued) -> None:
+        task = item.task
+        header = {"run_dir": self.run_dir, "stage": task.stage, "party": task.party, "key": task.key}
+        msg = Message(
+            content=codec.encode(task.payload, header),
+            dst_node_id=self.nodes[task.party],
+            message_type=f"train.{task.stage}",
+            ttl=self.timeout + 60,
+        )
+        (msg_id,) = list(self.grid.push_messages([msg], key=task.key))
+        item.sent_at = time.monotonic()
+        self._in_flight[msg_id] = item
+
+
+@dataclass
+class _Queued:
+    """A task handed to the session, with where its reply goes."""
+
+    task: Task
+    on_reply: OnReply
+    early: bool
+    sent_at: float = 0.0
