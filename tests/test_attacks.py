@@ -260,3 +260,21 @@ def test_surrogate_dpm_beats_the_papers_test(pool_world: World) -> None:
     surrogate = _score(pool_world, make_attack("surrogate-dpm").run(knowledge, "E1"))
     print(f"\nSSIM on protected features: R {paper['ssim']:.3f}, surrogate-dpm {surrogate['ssim']:.3f}")
     assert surrogate["ssim"] > paper["ssim"] + 0.15
+
+
+@pytest.mark.parametrize("side", [32, 9])  # an 11-pixel window, and the 7-pixel one small images get
+def test_ssim_against_a_filtered_gallery_is_ssim_bit_for_bit(side: int) -> None:
+    """Re-identification compares each reconstruction with a gallery: the gallery's own statistics,
+    filtered once for all images, give exactly the numbers of SSIM on each pair."""
+    from entities.metrics import Filtered, ssim, ssim_with
+
+    generator = torch.Generator().manual_seed(0)
+    gallery = torch.rand(300, 3, side, side, generator=generator)
+    filtered = Filtered.of(gallery)
+    for i in range(5):
+        x = torch.rand(1, 3, side, side, generator=generator)
+        index = torch.randperm(300, generator=generator)[:100]
+        expected = ssim(x.expand(100, -1, -1, -1), gallery[index])
+        assert torch.equal(ssim_with(x, filtered[index]), expected), i
+    both = Filtered.cat([filtered[:1], filtered[torch.tensor([5, 7])]])
+    assert torch.equal(both.images, gallery[[0, 5, 7]])

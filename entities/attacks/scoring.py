@@ -17,7 +17,7 @@ from torch import nn
 from entities import sparse
 from entities.attacks.base import AttackResult
 from entities.codecs import psnr
-from entities.metrics import l1, ssim, topk_correct
+from entities.metrics import Filtered, l1, ssim, ssim_with, topk_correct
 from entities.training import apply, device
 
 GALLERY = 100
@@ -34,19 +34,19 @@ def reidentification(
     """Share of reconstructions whose true image is the nearest (highest SSIM) of `size` candidates: the
     true image and size-1 others drawn from `gallery` (default: the other true images). Chance is 1/size
     (or 1 over the candidates there are)."""
-    pool = truth if gallery is None else gallery
+    true = Filtered.of(truth)
+    pool = true if gallery is None else Filtered.of(gallery)
     generator = torch.Generator().manual_seed(seed)
     hits = 0
     for i in range(len(reconstructions)):
-        others = torch.arange(len(pool))
+        others = torch.arange(len(pool.images))
         if gallery is None:
             others = others[others != i]
         others = others[torch.randperm(len(others), generator=generator)[: size - 1]]
-        candidates = torch.cat([truth[i : i + 1], pool[others]]).float()
         # drop exact copies of the true image from the others (a gallery may contain it)
-        same = (candidates[1:] - candidates[:1]).abs().flatten(1).amax(1) == 0
-        candidates = torch.cat([candidates[:1], candidates[1:][~same]])
-        scores = ssim(reconstructions[i : i + 1].float().expand_as(candidates), candidates)
+        same = (pool.images[others] - true.images[i : i + 1]).abs().flatten(1).amax(1) == 0
+        candidates = Filtered.cat([true[i : i + 1], pool[others[~same]]])
+        scores = ssim_with(reconstructions[i : i + 1], candidates)
         hits += int(int(scores.argmax()) == 0)
     return hits / max(len(reconstructions), 1)
 
@@ -65,6 +65,7 @@ def person_reidentification(
     other people. It asks what a face attack is for: not the same pixels, the same person. The gallery
     must not hold the reconstructed images themselves (the referee passes the shared test set)."""
     generator = torch.Generator().manual_seed(seed)
+    filtered = Filtered.of(gallery)
     hits = scored = 0
     for i in range(len(reconstructions)):
         twins = torch.nonzero(gallery_people == people[i]).flatten()
@@ -73,8 +74,7 @@ def person_reidentification(
             continue
         twin = twins[torch.randint(len(twins), (1,), generator=generator)]
         others = others[torch.randperm(len(others), generator=generator)[: size - 1]]
-        candidates = gallery[torch.cat([twin, others])].float()
-        scores = ssim(reconstructions[i : i + 1].float().expand_as(candidates), candidates)
+        scores = ssim_with(reconstructions[i : i + 1], filtered[torch.cat([twin, others])])
         hits += int(int(scores.argmax()) == 0)
         scored += 1
     return hits / max(scored, 1), scored

@@ -32,6 +32,8 @@ from simulator.views import PartyView
 KINDS = {"poisoned": "protected", "original": "unprotected"}
 CODES = "codes"  # the victim name of an attack on the published codes
 MAIN = "-"  # the variant name of an attack's main result
+# What an adversary may know once `poison` is done (the rest comes later: codes, keys, leaked pairs).
+AFTER_POISON = frozenset({"pool", "shared_nets", "public_images", "recipe", "own_images", "own_dpm"})
 
 
 def adversary_spec(scenario: Scenario, name: str) -> Adversary:
@@ -99,16 +101,29 @@ class Attack(Stage):
     name = "attack"
     roles = frozenset({Role.ADVERSARY})
 
+    early_after = "poison"  # attacks on the pool that need nothing later run beside refine
+
+    def early(self, server: Server) -> list[Task]:
+        """The attacks whose knowledge is all there once the pool is: none that needs the codes, a
+        user's keys or leaked pairs."""
+        return self._tasks(server, early=True)
+
     def plan(self, server: Server) -> list[Task]:
+        return self._tasks(server, early=False)
+
+    def _tasks(self, server: Server, *, early: bool) -> list[Task]:
         s = server.scenario
         nets = server.run.load_nets() if s.entities else {}
         tasks = []
         for adversary in s.adversaries:
             for spec in adversary.attack_specs():
+                entry = threats.ATTACKS[spec.name]
+                used = threats.knowledge_of(adversary.knowledge, adversary.known_pairs) & entry.needs
+                if (entry.target == "pool" and used <= AFTER_POISON) != early:
+                    continue
                 if server.run.kept(unit(adversary.name, spec.name)):
                     server.log(f"  attack {adversary.name} {spec.name}: done in an earlier attempt, skipped")
                     continue
-                entry = threats.ATTACKS[spec.name]
                 arrays = {}
                 if entry.target == "pool":
                     arrays = {n: cache.to_numpy(nets[n]) for n in ("featurizer", "decider", "reconstructor")}
