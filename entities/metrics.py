@@ -59,9 +59,9 @@ def ssim_with(x: torch.Tensor, candidates: Filtered) -> torch.Tensor:
     win = _window(x)
     mu1 = gaussian_filter(x, win).expand_as(candidates.mu)
     mu1_sq, mu2_sq, mu1_mu2 = mu1.pow(2), candidates.mu.pow(2), mu1 * candidates.mu
-    sigma1_sq = 1.0 * (gaussian_filter(x * x, win).expand_as(mu1) - mu1_sq)
-    sigma2_sq = 1.0 * (candidates.second - mu2_sq)
-    sigma12 = 1.0 * (gaussian_filter(x.expand_as(y) * y, win) - mu1_mu2)
+    sigma1_sq = gaussian_filter(x * x, win).expand_as(mu1) - mu1_sq
+    sigma2_sq = candidates.second - mu2_sq
+    sigma12 = gaussian_filter(x.expand_as(y) * y, win) - mu1_mu2
     c1, c2 = K1**2, K2**2  # data_range 1
     cs_map = (2 * sigma12 + c2) / (sigma1_sq + sigma2_sq + c2)
     ssim_map = ((2 * mu1_mu2 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map

@@ -20,6 +20,7 @@ from simulator.views import PartyView
 
 PARTITION_FILE = "partition.npz"
 HISTOGRAM = "class_histogram"
+PARTITIONS = "partitions"  # the table of each entity's partition size (n_train)
 
 
 def partitions(scenario: Scenario, labels: np.ndarray) -> list[np.ndarray]:
@@ -46,6 +47,11 @@ def partition_set(view: PartyView, kept: bytes, owner: str) -> ImageSet:
             f"(digest {digest[:12]}, now {data.digest[:12]}): its files or section changed since 'prepare'"
         )
     return data.task_train.subset(index)
+
+
+def partition_sizes(server: Server) -> dict[str, int]:
+    """Each entity's number of training images, as its node reported them (once `prepare` is done)."""
+    return {r.entity: int(r.value) for r in server.run.results("prepare") if r.table == PARTITIONS}
 
 
 def own_set(view: PartyView) -> ImageSet:
@@ -100,7 +106,7 @@ class Prepare(Stage):
 
     def collect(self, server: Server, task: Task, reply: Payload) -> None:
         n = int(reply.number("n_train"))
-        server.records.append(Record("partitions", None, task.party, task.party, "n_train", n))
+        server.records.append(Record(PARTITIONS, None, task.party, task.party, "n_train", n))
         server.records += [r for r in reply.records if r.table == HISTOGRAM and r.entity == task.party]
         if task.party == server.of_role(Role.ENTITY)[0]:  # every entity reads the same dataset
             m = reply.metrics

@@ -24,7 +24,7 @@ from simulator.roles import Role
 from simulator.schema import Row, Scenario, Source
 from simulator.stages.base import TRAINING, Server, Stage, curve_records, register, write_curves
 from simulator.stages.poison import mirrored
-from simulator.stages.prepare import own_partition
+from simulator.stages.prepare import own_partition, partition_sizes
 from simulator.stages.pretrain import own_raw_seed
 from simulator.views import PartyView
 
@@ -100,7 +100,7 @@ class Refine(Stage):
         self, server: Server, wanted: list[bool], arrays: dict[str, StateDict] | None = None
     ) -> list[Task]:
         s = server.scenario
-        sizes = {r.entity: r.value for r in server.run.results("prepare") if r.table == "partitions"}
+        sizes = partition_sizes(server)
         everything = float(server.run.manifest()["dataset"]["images"]["task_train"])
         tasks = []
         for i, row in enumerate(s.collaboration):
@@ -124,7 +124,7 @@ class Refine(Stage):
     def _write_pretrained(self, server: Server, i: int, row: Row) -> None:
         """Row i's results and training curve: those of the leader's pre-training."""
         got = {r.metric: r.value for r in server.run.results("pretrain") if r.label == "F+C"}
-        sizes = {r.entity: r.value for r in server.run.results("prepare") if r.table == "partitions"}
+        sizes = partition_sizes(server)
         curve = [
             replace(r, label=f"F+C row {i + 1}")
             for r in server.run.results(f"{TRAINING}-pretrain-{row.entity}")
